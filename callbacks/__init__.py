@@ -1,0 +1,6 @@
+"""Lightning callbacks of lit_rec."""
+
+from callbacks.ctr_logger import CTRLogger
+from callbacks.data_stats import DataStatsLogger
+
+__all__ = ["CTRLogger", "DataStatsLogger"]

@@ -1,0 +1,79 @@
+"""CTRLogger: the CTR@k table and bar chart at every validation and test end, and Figure 2's x-axis."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import lightning as L
+
+from callbacks.wandb_utils import find_wandb_logger
+
+
+def format_ctr_table(metrics: dict[str, float], stage: str, ks: list[int]) -> str:
+    """A plain-text table of the model's and the popularity reference's CTR@k."""
+    header = f"{stage:<12}" + "".join(f"{'k=' + str(k):>9}" for k in ks)
+    model = f"{'model':<12}" + "".join(f"{metrics.get(f'{stage}/ctr@{k}', float('nan')):>9.4f}" for k in ks)
+    pop = f"{'popularity':<12}" + "".join(f"{metrics.get(f'{stage}/pop_ctr@{k}', float('nan')):>9.4f}" for k in ks)
+    random = f"{'random':<12}" + "".join(f"{1 / (k + 1):>9.4f}" for k in ks)
+    extra = "  ".join(
+        f"{name}={metrics[f'{stage}/{name}']:.4f}"
+        for name in ("auc", "ndcg@10", "mrr", "hr@10_full", "ndcg@10_full")
+        if f"{stage}/{name}" in metrics
+    )
+    return "\n".join([header, model, pop, random, extra])
+
+
+class CTRLogger(L.Callback):
+    """Prints the CTR@k table and logs it to W&B (a table and a bar chart) on rank 0.
+
+    Without a W&B logger the media are skipped quietly; the printed table stays.
+    """
+
+    def __init__(self, print_table: bool = True) -> None:
+        """Args:
+        print_table: print the CTR@k table to stdout at every validation and test end.
+        """
+        self.print_table = print_table
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Makes `train/episodes` the x-axis of the training CTR curve in W&B."""
+        wandb_logger = find_wandb_logger(trainer)
+        if wandb_logger is not None and trainer.is_global_zero:
+            run = wandb_logger.experiment
+            run.define_metric("train/episodes")
+            run.define_metric("train/ctr", step_metric="train/episodes")
+            for k in getattr(pl_module, "eval_ks", []):
+                run.define_metric(f"val/ctr@{k}", summary="max")
+
+    def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics: dict[str, Any] = getattr(pl_module, "last_metrics", {})
+        ks = list(getattr(pl_module, "eval_ks", []))
+        if not ks or f"{stage}/ctr@{ks[0]}" not in metrics:
+            return
+        if self.print_table:
+            print(f"\n[{stage} @ step {trainer.global_step}]\n" + format_ctr_table(metrics, stage, ks), file=sys.stdout, flush=True)
+        wandb_logger = find_wandb_logger(trainer)
+        if wandb_logger is None:
+            return
+        import wandb
+
+        rows = [[k, metrics[f"{stage}/ctr@{k}"], metrics.get(f"{stage}/pop_ctr@{k}"), 1 / (k + 1)] for k in ks]
+        table = wandb.Table(columns=["k", "ctr", "pop_ctr", "random"], data=rows)
+        wandb_logger.experiment.log(
+            {
+                f"{stage}/ctr_table": table,
+                f"{stage}/ctr_bar": wandb.plot.bar(table, "k", "ctr", title=f"{stage} CTR@k"),
+            },
+            commit=False,
+        )
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Reports the validation CTR@k."""
+        self._report(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Reports the test CTR@k."""
+        self._report(trainer, pl_module, "test")

@@ -1,0 +1,1 @@
+"""lit_rec: deep reinforcement-learning recommenders on PyTorch Lightning."""

@@ -1,0 +1,1 @@
+"""LightningModules of every lit_rec method."""

@@ -1,0 +1,196 @@
+"""RecModule: the evaluation, logging and step-counting shared by every lit_rec method."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from lit_rec.evaluation import FullRankingMetrics, OnePlusKMetrics, seen_mask_from_csr
+from lit_rec.popularity import PopularityScorer
+
+DEFAULT_KS = (1, 10, 20, 50, 100)
+
+
+class RecModule(L.LightningModule):
+    """Base LightningModule: One-Plus-K validation/test, the popularity reference, `train/episodes`.
+
+    Subclasses implement `score_candidates(batch, candidates) -> (B, C)` and their own
+    `training_step`. Scores of every item (`score_all_items`) default to scoring the whole
+    catalogue as candidates, in chunks.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        num_users: int,
+        eval_ks: list[int] | None = None,
+        full_ranking: bool = True,
+        eval_chunk_size: int = 256,
+    ) -> None:
+        """Args:
+        num_items: catalogue size (items are 1..num_items, 0 is PAD); linked from the data.
+        num_users: number of users; linked from the data.
+        eval_ks: numbers of random negatives per positive for CTR@k.
+        full_ranking: also compute hr@10_full / ndcg@10_full against every item.
+        eval_chunk_size: rows scored at once against the full catalogue.
+        """
+        super().__init__()
+        if num_items < 2:
+            raise ValueError(f"num_items must be >= 2, got {num_items}")
+        self.num_items = num_items
+        self.num_users = num_users
+        self.eval_ks = list(eval_ks or DEFAULT_KS)
+        self.full_ranking = full_ranking
+        self.eval_chunk_size = eval_chunk_size
+        self.metrics = torch.nn.ModuleDict(
+            {
+                stage: OnePlusKMetrics(ks=self.eval_ks)
+                for stage in ("val", "test", "val_pop", "test_pop")
+            }
+        )
+        self.full_metrics = torch.nn.ModuleDict({s: FullRankingMetrics() for s in ("val", "test")})
+        self.popularity: PopularityScorer | None = None
+        # events processed by this process; converted to episodes with the data's mean episode length
+        self.register_buffer("events_seen", torch.zeros((), dtype=torch.long))
+
+    # ------------------------------------------------------------------ data hooks
+    @property
+    def tensors(self) -> Any:
+        """The datamodule's `RecTensors` (see docs/ARCHITECTURE.md)."""
+        return self.trainer.datamodule.tensors
+
+    def setup(self, stage: str) -> None:
+        """Builds the popularity reference from the train split."""
+        tensors = self.tensors
+        self.popularity = PopularityScorer(tensors.item_popularity).to(self.device)
+        self._seen_offsets = tensors.seen_offsets
+        self._seen_items = tensors.seen_items
+        self._episode_len = max(1.0, float(tensors.train.item.numel()) / max(1, tensors.num_users))
+
+    # ------------------------------------------------------------------ scoring API
+    def score_candidates(self, batch: dict[str, Tensor], candidates: Tensor) -> Tensor:
+        """Scores `(B, C)` candidate items for the states in `batch`; higher is better."""
+        raise NotImplementedError
+
+    def score_all_items(self, batch: dict[str, Tensor]) -> Tensor:
+        """Scores `(B, num_items + 1)` for every item id (column 0, PAD, is ignored by callers)."""
+        b = batch["history"].shape[0]
+        all_items = torch.arange(self.num_items + 1, device=self.device).expand(b, -1)
+        return self.score_candidates(batch, all_items)
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, batch: dict[str, Tensor], stage: str) -> None:
+        candidates = batch["candidates"]
+        scores = self.score_candidates(batch, candidates)
+        assert scores.shape == candidates.shape, f"scores {tuple(scores.shape)} != candidates {tuple(candidates.shape)}"
+        self.metrics[stage].update(scores.float())
+        assert self.popularity is not None
+        self.metrics[f"{stage}_pop"].update(self.popularity(candidates))
+        if self.full_ranking:
+            for start in range(0, candidates.shape[0], self.eval_chunk_size):
+                part = {k: v[start : start + self.eval_chunk_size] for k, v in batch.items()}
+                full = self.score_all_items(part).float()
+                mask = seen_mask_from_csr(
+                    part["user"].cpu(), self._seen_offsets, self._seen_items, self.num_items
+                ).to(full.device)
+                self.full_metrics[stage].update(full, part["candidates"][:, 0], mask)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Accumulates One-Plus-K metrics of the model and of the popularity reference."""
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Accumulates One-Plus-K metrics on the test split."""
+        self._evaluate(batch, "test")
+
+    def _log_epoch_metrics(self, stage: str) -> dict[str, float]:
+        # torchmetrics sums the states across ranks in compute(): values are already global
+        values = {f"{stage}/{k}": v for k, v in self.metrics[stage].compute().items()}
+        values.update({f"{stage}/pop_{k}": v for k, v in self.metrics[f"{stage}_pop"].compute().items() if k.startswith("ctr@")})
+        if self.full_ranking:
+            values.update({f"{stage}/{k}": v for k, v in self.full_metrics[stage].compute().items()})
+            self.full_metrics[stage].reset()
+        self.metrics[stage].reset()
+        self.metrics[f"{stage}_pop"].reset()
+        self.log_dict(values, sync_dist=False)
+        result = {k: float(v) for k, v in values.items()}
+        self.last_metrics = {**getattr(self, "last_metrics", {}), **result}
+        return result
+
+    def on_validation_epoch_end(self) -> None:
+        """Logs `val/ctr@k`, `val/pop_ctr@k`, `val/auc`, ... once per validation."""
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        """Logs `test/ctr@k`, `test/auc`, `test/ndcg@10`, `test/mrr`, ..."""
+        self._log_epoch_metrics("test")
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Saves random-number state so a resumed fit draws what the uninterrupted one would."""
+        save_rng_state(self, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restores random-number state."""
+        load_rng_state(self, checkpoint)
+
+    # ------------------------------------------------------------------ training helpers
+    def count_events(self, n: int) -> float:
+        """Adds `n` processed train events (all ranks) and returns `train/episodes` so far."""
+        self.events_seen += n * self.trainer.world_size
+        return float(self.events_seen) / self._episode_len
+
+    def log_train_ctr(self, reward: Tensor, events: int) -> None:
+        """Logs `train/ctr` (mean reward of the policy's own choices) against `train/episodes`."""
+        episodes = self.count_events(events)
+        self.log("train/ctr", reward.float().mean(), on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/episodes", episodes, on_step=True, on_epoch=False)
+
+
+class StatisticsModule(RecModule):
+    """A method learned from sufficient statistics (no gradients), such as LinUCB or Popularity.
+
+    Lightning advances `global_step` (and with it `max_steps`, step-based validation and
+    checkpoints) only through an optimizer's `step()`, so these methods step an optimizer over
+    one empty parameter after each statistics update.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.automatic_optimization = False
+        self._step_anchor = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """An optimizer that changes nothing; stepping it advances `global_step`."""
+        return torch.optim.SGD([self._step_anchor], lr=0.0)
+
+    def advance_step(self) -> None:
+        """Counts one training step in Lightning's progress."""
+        self.optimizers().step()
+
+
+def _generators(module: torch.nn.Module) -> dict[str, Any]:
+    from lit_rec.sampling import SeededGenerator
+
+    return {name: value for name, value in vars(module).items() if isinstance(value, SeededGenerator)}
+
+
+def save_rng_state(module: torch.nn.Module, checkpoint: dict[str, Any]) -> None:
+    """Stores the module's own generators and torch's global RNG (dropout) in the checkpoint."""
+    checkpoint["lit_rec_rng"] = {
+        "generators": {name: g.state_dict() for name, g in _generators(module).items()},
+        "torch": torch.get_rng_state(),
+    }
+
+
+def load_rng_state(module: torch.nn.Module, checkpoint: dict[str, Any]) -> None:
+    """Restores what `save_rng_state` stored."""
+    state = checkpoint.get("lit_rec_rng")
+    if state is None:
+        return
+    for name, g in _generators(module).items():
+        g.load_state_dict(state["generators"][name])
+    torch.set_rng_state(state["torch"])
