@@ -64,6 +64,8 @@ class RecModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Builds the popularity reference from the train split."""
+        if self.trainer.world_size > 1 and self.device.type == "cpu":
+            torch.set_num_threads(1)  # two ranks on two cores: more threads oversubscribe (PITFALLS.md)
         tensors = self.tensors
         self.popularity = PopularityScorer(tensors.item_popularity).to(self.device)
         self._seen_offsets = tensors.seen_offsets

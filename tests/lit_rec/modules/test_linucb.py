@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -32,14 +33,21 @@ def test_linucb_fits_on_synthetic_data_and_beats_random(tmp_path: Path) -> None:
     assert metrics["val/ctr@1"] >= metrics["val/ctr@10"] >= metrics["val/ctr@100"]
 
 
+def checkpoint_every(steps: int, dirpath: Path) -> str:
+    """A `--trainer.callbacks` override: checkpoints every `steps` steps into `dirpath`."""
+    callback = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {"every_n_train_steps": steps, "save_last": True, "dirpath": str(dirpath)}}
+    return "--trainer.callbacks=" + json.dumps([callback])
+
+
 def test_resume_from_a_mid_epoch_checkpoint_ends_with_identical_metrics(tmp_path: Path) -> None:
     ckpt_dir = tmp_path / "ckpt"
-    common = ["--trainer.max_epochs=2", "--trainer.callbacks.init_args.every_n_train_steps=7"]
-    full = fit(tmp_path / "a", *common)
-    interrupted = fit(tmp_path / "b", *common, "--trainer.max_steps=10", f"--trainer.callbacks.init_args.dirpath={ckpt_dir}")
+    common = ["--trainer.max_epochs=2"]
+    full = fit(tmp_path / "a", *common, checkpoint_every(7, tmp_path / "a_ckpt"))
+    interrupted = fit(tmp_path / "b", *common, "--trainer.max_steps=10", checkpoint_every(7, ckpt_dir))
     assert interrupted.trainer.global_step == 10
     checkpoint = ckpt_dir / "last.ckpt"
-    resumed = fit(tmp_path / "c", *common, f"--ckpt_path={checkpoint}")
+    resumed = fit(tmp_path / "c", *common, checkpoint_every(7, tmp_path / "c_ckpt"), f"--ckpt_path={checkpoint}")
     assert resumed.trainer.global_step == full.trainer.global_step
     assert torch.equal(resumed.model.a_inv, full.model.a_inv)
     assert torch.equal(resumed.model.b, full.model.b)

@@ -1,0 +1,112 @@
+"""Frozen negatives: k items per event, uniform without replacement over the items its user never touched."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_DRAWS_PER_CHUNK = 1 << 22  # random keys per chunk of events (bounds memory: 32 MiB of float64)
+
+
+def csr_rows(offsets: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For CSR `offsets` and selected `rows`: (position in `rows`, index into the CSR values) of every entry."""
+    counts = offsets[rows + 1] - offsets[rows]
+    owner = torch.repeat_interleave(torch.arange(rows.numel()), counts)
+    first = torch.cumsum(counts, 0) - counts
+    within = torch.arange(int(counts.sum())) - first[owner]
+    return owner, offsets[rows][owner] + within
+
+
+def sample_unseen(
+    users: torch.Tensor,
+    excluded_offsets: torch.Tensor,
+    excluded_items: torch.Tensor,
+    num_items: int,
+    k: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """`(E, k)` items in 1..num_items, none excluded for `users[e]`, in random order (so any prefix is uniform too).
+
+    `excluded_items[excluded_offsets[u]:excluded_offsets[u+1]]` are user u's items. Events go in
+    chunks with a dense excluded mask. When items are many, a chunk first tries rejection
+    sampling (about k draws per event instead of num_items random keys); rows that come out
+    short, and every row when items are few, take random keys over all items with the excluded
+    ones at +inf, then top-k. Both are exactly uniform (the order is random too), and the result
+    depends only on the inputs and the generator's seed.
+    """
+    counts = excluded_offsets[1:] - excluded_offsets[:-1]
+    out = torch.empty(users.numel(), k, dtype=torch.long)
+    rows_per_chunk = max(1, _DRAWS_PER_CHUNK // (num_items + 1))
+    for start in range(0, users.numel(), rows_per_chunk):
+        chunk = users[start : start + rows_per_chunk]
+        draws = _draws_needed(int(counts[chunk].max()), num_items, k)
+        out[start : start + chunk.numel()] = _sample_chunk(
+            chunk, excluded_offsets, excluded_items, num_items, k, draws, generator
+        )
+    return out
+
+
+def _draws_needed(most_excluded: int, num_items: int, k: int) -> int:
+    """Draws with replacement that likely give k acceptable distinct items; 0 when random keys are cheaper."""
+    distinct = k * num_items / max(num_items - most_excluded, 1)
+    if distinct >= 0.8 * num_items:
+        return 0
+    draws = math.ceil(-num_items * math.log1p(-distinct / num_items) * 1.25) + 16
+    return draws if 4 * draws <= num_items else 0
+
+
+def _sample_chunk(
+    users: torch.Tensor,
+    offsets: torch.Tensor,
+    items: torch.Tensor,
+    num_items: int,
+    k: int,
+    draws: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    excluded = _excluded_rows(users, offsets, items, num_items)
+    out = torch.empty(users.numel(), k, dtype=torch.long)
+    short = torch.ones(users.numel(), dtype=torch.bool)
+    if draws:
+        sample, ok = _rejection(excluded, k, draws, generator)
+        out[ok], short = sample, ~ok
+    if short.any():
+        out[short] = _masked_topk(excluded[short], k, generator)
+    return out
+
+
+def _excluded_rows(users: torch.Tensor, offsets: torch.Tensor, items: torch.Tensor, num_items: int) -> torch.Tensor:
+    """`(rows, num_items + 1)` bool: PAD and the row's user's items; built once per distinct user."""
+    distinct, inverse = torch.unique(users, return_inverse=True)
+    table = torch.zeros(distinct.numel(), num_items + 1, dtype=torch.bool)
+    owner, index = csr_rows(offsets, distinct)
+    table[owner, items[index]] = True
+    table[:, 0] = True
+    return table[inverse]
+
+
+def _rejection(
+    excluded: torch.Tensor, k: int, draws: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the rows that got k: the first k distinct non-excluded of `draws` uniform draws; and which rows did."""
+    rows, width = excluded.shape
+    drawn = torch.randint(1, width, (rows, draws), generator=generator)
+    # first occurrence of each (row, value) in draw order: sort unique keys (row, value, step) once
+    ordered = ((torch.arange(rows)[:, None] * width + drawn) * draws + torch.arange(draws)).flatten().sort().values
+    cell = ordered // draws  # row * width + value
+    first_sorted = torch.ones_like(ordered, dtype=torch.bool)
+    first_sorted[1:] = cell[1:] != cell[:-1]
+    first = torch.empty(rows * draws, dtype=torch.bool)
+    first[(cell // width) * draws + ordered % draws] = first_sorted
+    valid = first.view(rows, draws) & ~excluded.gather(1, drawn)
+    ok = valid.sum(dim=1) >= k
+    take = valid & (valid.cumsum(dim=1) <= k) & ok[:, None]
+    return drawn[take].view(-1, k), ok
+
+
+def _masked_topk(excluded: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Random keys over all items, excluded ones (and PAD) set to +inf, the k smallest in key order."""
+    random_keys = torch.rand(excluded.shape, generator=generator, dtype=torch.float64)
+    random_keys[excluded] = math.inf
+    return random_keys.topk(k, dim=1, largest=False, sorted=True).indices

@@ -1,0 +1,394 @@
+"""Readers: MovieLens, Outbrain, CSV and Parquet logs -> the canonical Polars frame.
+
+The canonical frame has `user` (Utf8), `item` (Utf8), `ts` (Int64), `row` (Int64, file
+order) and, only when the source has ratings, `rating` (Float64); without it every row
+is a click. Nulls in user/item/ts are kept here and dropped (and counted) by the
+pipeline; a value that is present but cannot be parsed raises `DataError`.
+
+Timestamp policy: integers are kept as they are (MovieLens: unix seconds); floats are
+floored; datetimes and datetime strings become unix milliseconds (Outbrain's ms since its
+own epoch are shifted to unix ms, so both Outbrain layouts agree).
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from datamodules.errors import DataError
+
+FORMATS = ("synthetic", "movielens", "outbrain", "csv", "parquet")
+OUTBRAIN_EPOCH_MS = 1465876799998  # Outbrain's events.csv timestamps are ms after this unix ms
+MOVIELENS_FILES = ("u.data", "ratings.dat")
+MOVIELENS_COLUMNS = ["user", "item", "rating", "ts"]
+_SNIFF_BYTES = 1 << 16
+_TEMP_SEP = "\x1f"  # stands in for a multi-byte separator such as MovieLens-1M's '::'
+
+Locate = Callable[[int], str]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a log is and how its columns are named (csv/parquet use the column names)."""
+
+    format: str
+    path: str | None
+    sep: str = ","
+    user_col: str = "user"
+    item_col: str = "item"
+    time_col: str = "ts"
+    rating_col: str | None = None
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def source_files(source: Source) -> list[Path]:
+    """The input files `source` reads (their size and mtime key the cache); DataError if absent."""
+    if source.format not in FORMATS:
+        raise DataError(f"format {source.format!r}: expected one of {', '.join(FORMATS)}")
+    if source.format == "synthetic":
+        return []
+    if source.path is None:
+        raise DataError(f"format {source.format!r}: expected a path (--data.path), found none")
+    path = Path(source.path).expanduser()
+    if not path.exists():
+        raise DataError.at(path, "path", f"an existing {source.format} file or folder", "nothing there")
+    if source.format == "movielens":
+        return [_movielens_file(path)]
+    if source.format == "outbrain":
+        return _outbrain_files(path)
+    if source.format == "parquet":
+        return _parquet_files(path)
+    if not path.is_file():
+        raise DataError.at(path, "path", "a CSV file", "a folder")
+    return [path]
+
+
+def _movielens_file(path: Path) -> Path:
+    if path.is_file():
+        return path
+    for name in MOVIELENS_FILES:
+        if (path / name).is_file():
+            return path / name
+    raise DataError.at(path, "folder", "a MovieLens u.data or ratings.dat file in it", "neither")
+
+
+def _outbrain_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    clicks, events = path / "clicks_train.csv", path / "events.csv"
+    if clicks.is_file():
+        if not events.is_file():
+            raise DataError.at(events, "file", "events.csv beside clicks_train.csv (joined on display_id)", "none")
+        return [clicks, events]
+    csvs = sorted(path.glob("*.csv"))
+    if len(csvs) == 1:
+        return csvs
+    raise DataError.at(
+        path, "folder", "clicks_train.csv + events.csv, or exactly one pre-joined CSV", f"{len(csvs)} CSV files"
+    )
+
+
+def _parquet_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = sorted(path.glob("*.parquet"))
+    if not files:
+        raise DataError.at(path, "folder", "at least one *.parquet file", "none")
+    return files
+
+
+# ---------------------------------------------------------------------------- readers
+
+
+def read_source(source: Source) -> pl.DataFrame:
+    """Reads `source` into the canonical frame (not for the synthetic format)."""
+    files = source_files(source)
+    if source.format == "movielens":
+        return read_movielens(files[0])
+    if source.format == "outbrain":
+        return read_outbrain(files[0].parent if len(files) == 2 else files[0])
+    if source.format == "csv":
+        return read_csv(files[0], source.sep, source.user_col, source.item_col, source.time_col, source.rating_col)
+    if source.format == "parquet":
+        return read_parquet(files, source.user_col, source.item_col, source.time_col, source.rating_col)
+    raise DataError(f"format {source.format!r}: expected a file format, not {source.format!r}")
+
+
+def read_movielens(path: str | Path) -> pl.DataFrame:
+    """Reads MovieLens `u.data` (tab separated) or `ratings.dat` (`::` separated): user item rating ts."""
+    file = _movielens_file(Path(path))
+    sep = "::" if "::" in _first_line(file) else "\t"
+    frame = _read_table(file, sep, has_header=False, names=MOVIELENS_COLUMNS)
+    if frame.width < len(MOVIELENS_COLUMNS):
+        raise DataError.at(file, "line 1", "4 fields: user, item, rating, timestamp", f"{frame.width}")
+    return _canonical(frame, file, "user", "item", "ts", "rating", _line_locator(first_data_line=1))
+
+
+def read_outbrain(path: str | Path) -> pl.DataFrame:
+    """Reads Outbrain clicks: a folder with clicks_train.csv + events.csv, or one pre-joined CSV."""
+    files = _outbrain_files(Path(path))
+    if len(files) == 2:
+        return _read_outbrain_pair(*files)
+    file = files[0]
+    header = _csv_header(file, ",")
+    time_col = next((c for c in header if c.startswith("timestamp")), None)
+    if time_col is None:
+        raise DataError.at(file, "header", "a timestamp* column (e.g. timestamp_view)", ", ".join(header))
+    frame = _read_table(file, ",", columns=["uuid", "ad_id", time_col, "clicked"])
+    return _canonical(frame, file, "uuid", "ad_id", time_col, "clicked", _line_locator(first_data_line=2))
+
+
+def _read_outbrain_pair(clicks_file: Path, events_file: Path) -> pl.DataFrame:
+    """Joins clicks_train.csv (display_id, ad_id, clicked) with events.csv (display_id, uuid, timestamp)."""
+    clicks = _read_table(clicks_file, ",", columns=["display_id", "ad_id", "clicked"])
+    events = _read_table(events_file, ",", columns=["display_id", "uuid", "timestamp"])
+    located = _line_locator(first_data_line=2)
+    clicks = pl.DataFrame(
+        [
+            _parse_id(clicks["display_id"], clicks_file, located).alias("display_id"),
+            _parse_id(clicks["ad_id"], clicks_file, located).alias("item"),
+            _parse_rating(clicks["clicked"], clicks_file, located).alias("rating"),
+        ]
+    ).with_row_index("row")
+    events = pl.DataFrame(
+        [
+            _parse_id(events["display_id"], events_file, located).alias("display_id"),
+            _parse_id(events["uuid"], events_file, located).alias("user"),
+            (_parse_ts(events["timestamp"], events_file, located) + OUTBRAIN_EPOCH_MS).alias("ts"),
+        ]
+    )
+    # a click whose display is missing from events.csv gets a null user (dropped as null_user)
+    joined = clicks.join(events.unique("display_id", keep="first"), on="display_id", how="left", maintain_order="left")
+    return joined.select(
+        pl.col("user"), pl.col("item"), pl.col("ts"), pl.col("rating"), pl.col("row").cast(pl.Int64)
+    )
+
+
+def read_csv(
+    path: str | Path,
+    sep: str = ",",
+    user_col: str = "user",
+    item_col: str = "item",
+    time_col: str = "ts",
+    rating_col: str | None = None,
+) -> pl.DataFrame:
+    """Reads a CSV with a header; `rating_col=None` means every row is a click."""
+    file = Path(path)
+    wanted = [c for c in (user_col, item_col, time_col, rating_col) if c is not None]
+    frame = _read_table(file, sep, columns=list(dict.fromkeys(wanted)))
+    return _canonical(frame, file, user_col, item_col, time_col, rating_col, _line_locator(first_data_line=2))
+
+
+def read_parquet(
+    paths: str | Path | list[Path],
+    user_col: str = "user",
+    item_col: str = "item",
+    time_col: str = "ts",
+    rating_col: str | None = None,
+) -> pl.DataFrame:
+    """Reads Parquet file(s); ids may be strings or integers, ts integers/floats/datetimes/strings."""
+    files = _parquet_files(Path(paths)) if isinstance(paths, (str, Path)) else list(paths)
+    label = files[0] if len(files) == 1 else files[0].parent
+    wanted = list(dict.fromkeys(c for c in (user_col, item_col, time_col, rating_col) if c is not None))
+    try:
+        found = pl.scan_parquet(files).collect_schema().names()
+    except Exception as error:  # noqa: BLE001 - any reader failure is bad input
+        raise DataError.at(label, "file", "a Parquet file", _first_line_of(error)) from error
+    _require_columns(found, wanted, label)
+    frame = pl.read_parquet(files, columns=wanted)
+    if frame.height == 0:
+        raise DataError.at(label, "rows", "at least one row", "none")
+    return _canonical(frame, label, user_col, item_col, time_col, rating_col, lambda i: f"row {i + 1}")
+
+
+# ---------------------------------------------------------------------------- raw tables
+
+
+def _read_table(
+    file: Path,
+    sep: str,
+    has_header: bool = True,
+    names: list[str] | None = None,
+    columns: list[str] | None = None,
+) -> pl.DataFrame:
+    """Reads a delimited UTF-8 text file with every column as a string."""
+    _check_text(file)
+    if has_header and columns is not None:
+        _require_columns(_csv_header(file, sep), columns, file)
+    source, separator = _source_and_sep(file, sep)
+    try:
+        frame = pl.read_csv(
+            source, separator=separator, has_header=has_header, new_columns=names, columns=columns, infer_schema=False
+        )
+    except pl.exceptions.NoDataError as error:
+        raise DataError.at(file, "file", "at least one row", "an empty file") from error
+    except Exception as error:  # noqa: BLE001 - every parser failure is bad input
+        reason = _first_line_of(error)
+        expected = "UTF-8 text" if "utf" in reason.lower() else f"a table separated by {sep!r}"
+        raise DataError.at(file, "file", expected, f"a parse error ({reason})") from error
+    if frame.height == 0:
+        raise DataError.at(file, "rows", "at least one data row after the header", "none (header only)")
+    return frame
+
+
+def _check_text(file: Path) -> None:
+    """Rejects empty, binary and non-UTF-8 files from their first bytes."""
+    if not file.is_file():
+        raise DataError.at(file, "path", "a file", "a folder" if file.is_dir() else "nothing")
+    with file.open("rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    if not head.strip():
+        raise DataError.at(file, "file", "at least one row", "an empty file")
+    if b"\x00" in head:
+        raise DataError.at(file, "file", "UTF-8 text", "binary data (NUL bytes)")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as error:
+        raise DataError.at(file, f"byte {error.start}", "UTF-8 text", "a non-UTF-8 byte") from error
+
+
+def _source_and_sep(file: Path, sep: str) -> tuple[Path | io.BytesIO, str]:
+    """Polars splits on one byte only: a longer separator is replaced in memory first."""
+    if len(sep.encode()) == 1:
+        return file, sep
+    return io.BytesIO(file.read_bytes().replace(sep.encode(), _TEMP_SEP.encode())), _TEMP_SEP
+
+
+def _csv_header(file: Path, sep: str) -> list[str]:
+    _check_text(file)
+    source, separator = _source_and_sep(file, sep)
+    try:
+        return pl.read_csv(source, separator=separator, n_rows=0, infer_schema=False).columns
+    except Exception as error:  # noqa: BLE001
+        raise DataError.at(file, "header", f"a header separated by {sep!r}", _first_line_of(error)) from error
+
+
+def _first_line(file: Path) -> str:
+    _check_text(file)
+    with file.open("rb") as handle:
+        return handle.readline(_SNIFF_BYTES).decode("utf-8", errors="replace")
+
+
+def _first_line_of(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _require_columns(found: list[str], wanted: list[str], file: Path) -> None:
+    missing = [c for c in wanted if c not in found]
+    if missing:
+        raise DataError.at(
+            file, f"column {missing[0]!r}", f"columns {', '.join(wanted)}", f"only {', '.join(found) or 'none'}"
+        )
+
+
+def _line_locator(first_data_line: int) -> Locate:
+    return lambda index: f"line {index + first_data_line}"
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+def _canonical(
+    frame: pl.DataFrame,
+    file: Path,
+    user_col: str,
+    item_col: str,
+    time_col: str,
+    rating_col: str | None,
+    locate: Locate,
+) -> pl.DataFrame:
+    """Parses the named columns into the canonical frame (`row` = file order)."""
+    _require_columns(frame.columns, [c for c in (user_col, item_col, time_col, rating_col) if c], file)
+    columns = [
+        _parse_id(frame[user_col], file, locate).alias("user"),
+        _parse_id(frame[item_col], file, locate).alias("item"),
+        _parse_ts(frame[time_col], file, locate).alias("ts"),
+    ]
+    if rating_col is not None:
+        columns.append(_parse_rating(frame[rating_col], file, locate).alias("rating"))
+    frame = pl.DataFrame(columns).with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+    return frame.select(*(c.name for c in columns), "row")
+
+
+def _blank_to_null(raw: pl.Series) -> pl.Series:
+    stripped = raw.str.strip_chars()
+    return pl.select(pl.when(stripped.str.len_bytes() > 0).then(stripped)).to_series().rename(raw.name)
+
+
+def _raise_first_bad(raw: pl.Series, parsed: pl.Series, file: Path, locate: Locate, expected: str) -> None:
+    """Raises DataError at the first value that is present in `raw` but null after parsing."""
+    bad = (raw.is_not_null() & parsed.is_null()).arg_true()
+    if bad.len():
+        index = int(bad[0])
+        raise DataError.at(file, f"column {raw.name!r} {locate(index)}", expected, repr(raw[index]))
+
+
+def _parse_id(raw: pl.Series, file: Path, locate: Locate) -> pl.Series:
+    """Ids become strings; integers and integral floats are accepted, other types are not."""
+    dtype = raw.dtype
+    if dtype == pl.String:
+        return _blank_to_null(raw)
+    if dtype.is_integer() or dtype in (pl.Categorical, pl.Enum):
+        return raw.cast(pl.String)
+    if dtype.is_float():
+        present = raw.fill_nan(None)
+        as_int = present.cast(pl.Int64, strict=False)
+        exact = pl.select(pl.when(as_int.cast(pl.Float64) == present).then(as_int)).to_series()
+        _raise_first_bad(present, exact, file, locate, "an integer or string id")
+        return exact.cast(pl.String).rename(raw.name)
+    raise DataError.at(file, f"column {raw.name!r}", "string or integer ids", f"dtype {dtype}")
+
+
+def _parse_ts(raw: pl.Series, file: Path, locate: Locate) -> pl.Series:
+    """Timestamps as Int64: integers as is, floats floored, datetimes as unix milliseconds."""
+    dtype = raw.dtype
+    expected = "an integer timestamp or a datetime"
+    if dtype.is_integer():
+        return raw.cast(pl.Int64)
+    if dtype.is_float():
+        parsed = raw.fill_nan(None).floor().cast(pl.Int64, strict=False)
+        _raise_first_bad(raw, parsed, file, locate, expected)
+        return parsed
+    if dtype in (pl.Datetime, pl.Date):
+        return raw.cast(pl.Datetime("ms")).dt.epoch("ms")
+    if dtype != pl.String:
+        raise DataError.at(file, f"column {raw.name!r}", "integer, float, datetime or string timestamps", str(dtype))
+    text = _blank_to_null(raw)
+    as_int = text.cast(pl.Int64, strict=False)
+    if as_int.null_count() == text.null_count():
+        return as_int
+    as_float = text.cast(pl.Float64, strict=False).fill_nan(None).floor().cast(pl.Int64, strict=False)
+    if as_float.null_count() == text.null_count():
+        return as_float
+    try:
+        as_datetime = text.str.to_datetime(strict=False, time_unit="ms").dt.epoch("ms")
+    except Exception:  # noqa: BLE001 - no datetime format fits: report against the integer reading
+        as_datetime = as_int
+    if as_datetime.null_count() == text.null_count():
+        return as_datetime
+    # blame the reading that fits the first present value, so the message points at the odd one
+    first = text.drop_nulls()[0]
+    looks_numeric = pl.Series([first]).cast(pl.Float64, strict=False)[0] is not None
+    _raise_first_bad(text, as_float if looks_numeric else as_datetime, file, locate, expected)
+    raise AssertionError("unreachable: some timestamp failed to parse")  # pragma: no cover
+
+
+def _parse_rating(raw: pl.Series, file: Path, locate: Locate) -> pl.Series:
+    """Ratings (or Outbrain's clicked) as Float64."""
+    dtype = raw.dtype
+    if dtype.is_numeric() or dtype == pl.Boolean:
+        return raw.cast(pl.Float64)
+    if dtype != pl.String:
+        raise DataError.at(file, f"column {raw.name!r}", "numeric ratings", f"dtype {dtype}")
+    text = _blank_to_null(raw)
+    parsed = text.cast(pl.Float64, strict=False)
+    _raise_first_bad(text, parsed, file, locate, "a numeric rating")
+    return parsed

@@ -1,0 +1,137 @@
+"""The tensor contract of docs/ARCHITECTURE.md, built once from the pipeline's frames."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+import torch
+
+from datamodules.pipeline import TEST, TRAIN, VAL, Prepared, single_threaded
+
+PAD = 0
+
+
+@dataclass
+class EventTensors:
+    """Train events: `user (E,)`, `history (E, L)` (previous L items, left-padded, most recent last), `item (E,)`."""
+
+    user: torch.Tensor
+    history: torch.Tensor
+    item: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.user.numel()
+
+
+@dataclass
+class EvalTensors:
+    """Held-out events: `user (E,)`, `history (E, L)`, `positive (E,)`, frozen `negatives (E, K_max)`."""
+
+    user: torch.Tensor
+    history: torch.Tensor
+    positive: torch.Tensor
+    negatives: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.user.numel()
+
+    @property
+    def candidates(self) -> torch.Tensor:
+        """`(E, 1 + K_max)`: the positive in column 0, then the negatives."""
+        return torch.cat([self.positive[:, None], self.negatives], dim=1)
+
+
+@dataclass
+class RecTensors:
+    """Everything the models and loaders read (see docs/ARCHITECTURE.md, "Tensor contract")."""
+
+    num_users: int
+    num_items: int
+    history_len: int
+    item_popularity: torch.Tensor
+    train: EventTensors
+    val: EvalTensors
+    test: EvalTensors
+    train_offsets: torch.Tensor
+    train_sequence: torch.Tensor
+    seen_offsets: torch.Tensor
+    seen_items: torch.Tensor
+    item_ids: list[str]
+    user_ids: list[str]
+    dropped: dict[str, int] = field(default_factory=dict)
+    all_offsets: torch.Tensor | None = None  # CSR of every split, chronological (for predict histories)
+    all_sequence: torch.Tensor | None = None
+
+    def last_items(self, users: torch.Tensor) -> torch.Tensor:
+        """`(B, L)`: each user's last L items over all splits (the state after their whole log)."""
+        assert self.all_offsets is not None and self.all_sequence is not None
+        return histories(self.all_sequence, self.all_offsets[users + 1], self.all_offsets[users], self.history_len)
+
+
+def _column(frame: pl.DataFrame, name: str) -> torch.Tensor:
+    """A writable int64 tensor of a column (Polars' numpy views are read-only)."""
+    return frame[name].cast(pl.Int64).to_torch().clone()
+
+
+def csr_offsets(keys: torch.Tensor, size: int) -> torch.Tensor:
+    """`(size+1,)` offsets of a CSR whose rows are the sorted `keys`."""
+    return torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(torch.bincount(keys, minlength=size), 0)])
+
+
+def histories(sequence: torch.Tensor, end: torch.Tensor, start: torch.Tensor, length: int) -> torch.Tensor:
+    """`(E, L)`: `sequence[end-L:end]` per row, positions before `start` (another user) set to PAD."""
+    index = end[:, None] - length + torch.arange(length)[None, :]
+    valid = index >= start[:, None]
+    return torch.where(valid, sequence[index.clamp_min(0)] if sequence.numel() else PAD, PAD)
+
+
+def build_tensors(prepared: Prepared, history_len: int) -> RecTensors:
+    """Builds `RecTensors`; histories are one gather on the all-splits CSR (events sorted by user, pos)."""
+    with single_threaded():
+        return _build_tensors(prepared, history_len)
+
+
+def _build_tensors(prepared: Prepared, history_len: int) -> RecTensors:
+    events = prepared.events  # sorted by (user, pos)
+    num_users, num_items = prepared.num_users, prepared.num_items
+    user, item, split, pos = (_column(events, c) for c in ("user", "item", "split", "pos"))
+    offsets = csr_offsets(user, num_users)
+    index = torch.arange(user.numel())
+    history = histories(item, index, index - pos, history_len)
+
+    is_train = split == TRAIN
+    train = EventTensors(user[is_train], history[is_train], item[is_train])
+    negatives = _eval_negatives(prepared, split)
+    val, test = (
+        EvalTensors(user[split == code], history[split == code], item[split == code], negatives[code])
+        for code in (VAL, TEST)
+    )
+
+    seen = torch.sort(user * (num_items + 1) + item).values  # (user, item) pairs, items ascending per user
+    return RecTensors(
+        num_users=num_users,
+        num_items=num_items,
+        history_len=history_len,
+        item_popularity=torch.bincount(train.item, minlength=num_items + 1),
+        train=train,
+        val=val,
+        test=test,
+        train_offsets=csr_offsets(train.user, num_users),
+        train_sequence=train.item.clone(),
+        seen_offsets=offsets,
+        seen_items=seen % (num_items + 1),
+        item_ids=["<PAD>", *prepared.item_ids.to_list()],
+        user_ids=prepared.user_ids.to_list(),
+        dropped=dict(prepared.dropped),
+        all_offsets=offsets,
+        all_sequence=item,
+    )
+
+
+def _eval_negatives(prepared: Prepared, split: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Each held-out split's `(E_split, K)` frozen negatives, rows in the events' order."""
+    k = prepared.num_negatives
+    values = _column(prepared.negatives, "negative").view(-1, k)  # per split in event order, like the masks
+    event = _column(prepared.negatives, "event")[::k]
+    return {code: values[split[event] == code] for code in (VAL, TEST)}

@@ -1,0 +1,8 @@
+"""Test-wide environment: W&B disabled and silent, no API key, no LIT_REC_DEBUG."""
+
+import os
+
+os.environ["WANDB_MODE"] = "disabled"
+os.environ["WANDB_SILENT"] = "true"
+os.environ.pop("WANDB_API_KEY", None)
+os.environ.pop("LIT_REC_DEBUG", None)
