@@ -1,0 +1,115 @@
+"""The version ring buffer and the server: only `(gradients, base_version)` goes in; staleness-weighted steps."""
+
+import inspect
+
+import pytest
+import torch
+
+from lit_rec.federated import Clients, Server, VersionBuffer
+
+
+def test_ring_buffer_returns_the_right_version_and_forgets_old_ones():
+    buffer = VersionBuffer(capacity=3, num_params=2)
+    for v in range(5):
+        assert buffer.push(torch.full((2,), float(v))) == v
+    assert buffer.latest == 4 and buffer.oldest == 2
+    for v in (2, 3, 4):
+        assert torch.equal(buffer.get(v), torch.full((2,), float(v)))
+    assert 1 not in buffer and 5 not in buffer
+    with pytest.raises(KeyError, match="version 1"):
+        buffer.get(1)
+
+
+def test_ring_buffer_state_round_trip():
+    buffer = VersionBuffer(capacity=2, num_params=3)
+    for v in range(3):
+        buffer.push(torch.full((3,), float(v)))
+    other = VersionBuffer(capacity=2, num_params=3)
+    other.load_state_dict(buffer.state_dict())
+    assert other.latest == 2 and torch.equal(other.get(1), buffer.get(1))
+
+
+def _server(weighting: str = "constant", max_staleness: int = 4):
+    params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1, 1))]
+    calls = []
+
+    def apply_step(lr_scale: float) -> None:
+        calls.append((lr_scale, [None if p.grad is None else p.grad.clone() for p in params]))
+        with torch.no_grad():
+            for p in params:
+                if p.grad is not None:
+                    p -= lr_scale * p.grad  # SGD with lr 1 times the multiplier
+
+    server = Server(params, apply_step, max_staleness=max_staleness, weighting=weighting, weight_a=0.5)
+    server.start()
+    return server, params, calls
+
+
+def test_the_server_takes_nothing_but_gradients_and_a_base_version():
+    public = {name for name, _ in inspect.getmembers(Server, inspect.isfunction) if not name.startswith("_")}
+    assert public == {"start", "flat_parameters", "parameters_at", "receive", "step", "state_dict", "load_state_dict"}
+    assert list(inspect.signature(Server.receive).parameters) == ["self", "gradients", "base_version"]
+    assert list(inspect.signature(Server.step).parameters) == ["self"]
+    server, _, _ = _server()
+    with pytest.raises(TypeError):
+        server.receive(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), torch.zeros(1, 4))  # no private parameters
+    with pytest.raises(TypeError):
+        server.receive(gradients=torch.zeros(1, 3), base_version=torch.zeros(1, dtype=torch.long), client=torch.tensor([0]))
+
+
+def test_staleness_weights_are_relative_weights_and_scale_the_step():
+    server, params, calls = _server(weighting="polynomial")
+    for _ in range(3):  # versions 1..3 with zero gradients
+        server.receive(torch.zeros(1, 3), torch.tensor([server.version]))
+        server.step()
+    assert server.version == 3
+    g_fresh, g_stale = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([4.0, 0.0, -1.0])
+    weights = server.receive(torch.stack([g_fresh, g_stale]), torch.tensor([3, 0]))  # staleness 0 and 3
+    assert torch.allclose(weights, torch.tensor([1.0, 0.5]))
+    update = server.step()
+    lr_scale, grads = calls[-1]
+    combined = (1.0 * g_fresh + 0.5 * g_stale) / 1.5
+    assert update.updates == 2 and lr_scale == pytest.approx(0.75)
+    assert torch.allclose(torch.cat([g.reshape(-1) for g in grads]), combined)
+    assert server.version == 4
+    assert torch.allclose(server.parameters_at(4), -0.75 * combined)
+    assert torch.allclose(server.parameters_at(3), torch.zeros(3))
+
+
+def test_an_empty_cohort_steps_the_optimiser_without_gradients_or_a_new_version():
+    server, params, calls = _server()
+    update = server.step()
+    assert update.updates == 0 and server.version == 0
+    assert calls[-1][0] == 0.0 and all(g is None for g in calls[-1][1])
+
+
+def test_versions_outside_the_buffer_are_refused():
+    server, _, _ = _server(max_staleness=1)
+    for _ in range(3):
+        server.receive(torch.zeros(1, 3), torch.tensor([server.version]))
+        server.step()
+    with pytest.raises(ValueError, match="base versions"):
+        server.receive(torch.zeros(1, 3), torch.tensor([0]))
+
+
+def test_private_parameters_are_never_in_the_server_state():
+    offsets = torch.tensor([0, 2, 5, 5])
+    clients = Clients(offsets, private_dim=3)
+    clients.private.fill_(123.0)
+    server, _, _ = _server()
+    server.receive(torch.ones(1, 3), torch.tensor([0]))
+    server.step()
+
+    def tensors(obj, seen=None):
+        seen = set() if seen is None else seen
+        if id(obj) in seen:
+            return []
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            return [obj]
+        items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else vars(obj).values() if hasattr(obj, "__dict__") else []
+        return [t for item in items for t in tensors(item, seen)]
+
+    held = tensors(server) + tensors(server.state_dict())
+    assert held and not any((t == 123.0).any() for t in held if t.is_floating_point())
+    assert not any(t.untyped_storage().data_ptr() == clients.private.untyped_storage().data_ptr() for t in held)

@@ -1,0 +1,207 @@
+"""DADRL / A2C-F / A2C-D: a fresh cohort reproduces synchronous A2C, privacy of the user vectors, fits, resume, DDP."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from lit_rec.cli import make_cli
+from lit_rec.federated import Server
+from lit_rec.functional.a2c import a2c_loss, gumbel_actions, nstep_returns, standard_gumbel
+from lit_rec.modules.actor_critic import ActorCriticRec
+
+ROOT = Path(__file__).resolve().parents[3]
+TINY_DATA = [
+    "--data.synthetic_users=60", "--data.synthetic_items=60", "--data.synthetic_events_per_user=12", "--data.batch_size=64",
+    "--data.eval_ks=[1,10,20]",
+]
+TINY_MODEL = ["--model.init_args.dim=16", "--model.init_args.hint_dim=8", "--model.init_args.max_staleness=6"]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread: on a shared 2-core machine more threads only oversubscribe (PITFALLS.md)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _config(tmp_path: Path, name: str, every_n_train_steps: int = 100) -> Path:
+    """A copy of a shipped config whose checkpoints go to `tmp_path/ckpt` every `every_n_train_steps` steps."""
+    config = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+    for callback in config["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("ModelCheckpoint"):
+            callback["init_args"].update(every_n_train_steps=every_n_train_steps, dirpath=str(tmp_path / "ckpt"))
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def fit(tmp_path: Path, *extra: str, name: str = "dadrl", every_n_train_steps: int = 100, run: bool = True):
+    """Fits a tiny model in-process with no logger; returns the CLI."""
+    args = [
+        "--config", str(_config(tmp_path, name, every_n_train_steps)), "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+        f"--data.cache_dir={tmp_path / 'cache'}", f"--trainer.default_root_dir={tmp_path}", *TINY_DATA, *TINY_MODEL, *extra,
+    ]
+    return make_cli(["fit", *args] if run else args, run=run)
+
+
+# ---------------------------------------------------------------------- the update rule
+def _rollouts(n: int = 6, t: int = 4, length: int = 5, c: int = 5, num_items: int = 30) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    history = torch.randint(1, num_items + 1, (n, t + 1, length), generator=g)
+    history[:, :, :2] = 0  # left padding
+    valid = torch.ones(n, t + 1, dtype=torch.bool)
+    valid[0, 2:] = False  # client 0's episode ends after two steps (terminal)
+    valid[1, t] = False  # client 1's last step is its user's last event
+    return {
+        "history": history,
+        "candidates": torch.randint(1, num_items + 1, (n, t, c), generator=g),
+        "gumbel": standard_gumbel((n, t, c), g),
+        "valid": valid,
+    }
+
+
+def test_a_fresh_cohort_with_constant_weights_reproduces_a_synchronous_a2c_update():
+    module = ActorCriticRec(
+        num_items=30, num_users=6, weighting="constant", personalization=False, clip_norm=1e9, history_len=5, dim=16, hint_dim=8
+    )
+    module.double()  # float64: the two paths agree to rounding, and SGD shows the update itself
+    reference = copy.deepcopy(module.policy)
+    data = _rollouts()
+    data["gumbel"] = data["gumbel"].double()
+    with sdpa_kernel(SDPBackend.MATH):
+        # synchronous A2C: the mean of the clients' losses, one backward pass, one optimiser step
+        ref_optimizer = torch.optim.SGD(reference.parameters(), lr=0.5)
+        logits, values = reference(data["history"], data["candidates"])
+        actions = gumbel_actions(logits, data["gumbel"])
+        mask, t = data["valid"][:, :-1], logits.shape[1]
+        returns = nstep_returns((actions == 0).float(), values[:, t].detach() * data["valid"][:, t], mask, module.gamma)
+        loss, _ = a2c_loss(logits, actions, values[:, :t], returns, mask, module.value_coef, module.entropy_coef)
+        loss.mean().backward()
+        ref_optimizer.step()
+
+        # DADRL's path: per-client gradients on the stored version, staleness 0, through the server
+        optimizer = torch.optim.SGD(module.policy.parameters(), lr=0.5)
+        server = Server(list(module.policy.parameters()), lambda scale: optimizer.step(), max_staleness=3, weighting="constant")
+        server.start()
+        grads, _, _ = module._client_gradients(server.parameters_at(0), None, data)
+        server.receive(grads, torch.zeros(6, dtype=torch.long))
+        assert server.step().lr_scale == 1.0
+    for (name, p), q in zip(module.policy.named_parameters(), reference.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-9, atol=1e-12), name
+        assert torch.allclose(p, q, rtol=1e-9, atol=1e-12), name
+    assert torch.equal(server.parameters_at(1), server.flat_parameters())
+
+
+# ---------------------------------------------------------------------- end to end
+def _spy_on_server(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    sent: list[tuple] = []
+    receive = Server.receive
+
+    def spy(self: Server, *args, **kwargs):
+        sent.append((args, kwargs))
+        return receive(self, *args, **kwargs)
+
+    monkeypatch.setattr(Server, "receive", spy)
+    return sent
+
+
+def test_dadrl_fits_on_synthetic_data_with_stale_clients_and_private_vectors_stay_on_the_clients(tmp_path, monkeypatch):
+    sent = _spy_on_server(monkeypatch)
+    cli = fit(tmp_path, "--trainer.max_epochs=2")
+    model, trainer = cli.model, cli.trainer
+    assert trainer.global_step == 2 * trainer.num_training_batches
+    metrics = model.last_metrics
+    assert 0.0 <= metrics["val/ctr@10"] <= 1.0 and metrics["val/ctr@1"] >= metrics["val/ctr@20"]
+    logged = trainer.callback_metrics
+    for key in ("train/loss", "train/ctr", "staleness/mean", "staleness/max", "staleness/weight_mean",
+                "staleness/dropped_frac", "federated/updates", "federated/clients"):
+        assert key in logged, key
+    assert model.server.version == trainer.global_step  # no step was empty
+    # what clients send: gradients of the global parameters and a base version, nothing else
+    num_global = sum(p.numel() for p in model.policy.parameters())
+    assert sent and all(not kwargs and len(args) == 2 for args, kwargs in sent)
+    assert all(args[0].shape[1] == num_global and args[1].dtype == torch.long for args, _ in sent)
+    staleness = torch.cat([model.server.version - 1 - args[1] for args, _ in sent[-10:]])
+    assert staleness.float().mean() > 0  # sessions: devices compute on old copies
+    # the private vectors learned something, live in the client table only, and change the scores
+    private = model.clients.private
+    assert private.abs().sum() > 0
+    assert not any(t.data_ptr() == private.data_ptr() for t in model.state_dict().values())
+    assert not any(torch.equal(t, private) for t in model.server.state_dict()["buffer"].values() if isinstance(t, torch.Tensor))
+
+
+@pytest.mark.parametrize(
+    "name, extra",
+    [
+        ("a2c_f", []),
+        ("a2c_d", []),
+        ("dadrl", ["--model.init_args.arrival=exponential", "--model.init_args.stale_policy=drop",
+                   "--model.init_args.max_staleness=1", "--model.init_args.weighting=hinge"]),
+    ],
+    ids=["a2c_f", "a2c_d", "dadrl-exponential-drop"],
+)
+def test_other_configurations_fit(tmp_path, name, extra):
+    cli = fit(tmp_path, "--trainer.max_steps=6", "--trainer.limit_val_batches=1", *extra, name=name)
+    model = cli.model
+    assert cli.trainer.global_step == 6
+    assert model.mode == name.split("-")[0]
+    if name != "dadrl":
+        assert model.clients.private is None
+        assert float(model.federated_stats["staleness"].max()) == 0
+    else:
+        assert cli.trainer.callback_metrics["staleness/dropped_frac"] > 0
+
+
+def test_resume_from_a_mid_epoch_checkpoint_ends_identically(tmp_path):
+    full = fit(tmp_path / "a", "--trainer.max_epochs=2")
+    steps = full.trainer.global_step
+    interrupted = fit(tmp_path / "b", "--trainer.max_epochs=2", f"--trainer.max_steps={steps // 2 + 1}", every_n_train_steps=steps // 2 + 1)
+    checkpoint = tmp_path / "b" / "ckpt" / "last.ckpt"
+    assert checkpoint.exists() and interrupted.trainer.global_step == steps // 2 + 1
+    resumed = fit(tmp_path / "c", "--trainer.max_epochs=2", f"--ckpt_path={checkpoint}")
+    a, c = full.model, resumed.model
+    assert resumed.trainer.global_step == steps
+    for (name, p), q in zip(a.named_parameters(), c.parameters()):
+        assert torch.equal(p, q), name
+    assert torch.equal(a.clients.private, c.clients.private)
+    assert torch.equal(a.clients.version, c.clients.version) and torch.equal(a.clients.cursor, c.clients.cursor)
+    assert torch.equal(a.server.buffer.rows, c.server.buffer.rows) and a.server.version == c.server.version
+    assert a.last_metrics == c.last_metrics
+
+
+# ---------------------------------------------------------------------- DDP
+class SaveRankParameters(L.Callback):
+    """Writes each rank's flat global parameters and private table at the end of training."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        flat = torch.cat([p.detach().reshape(-1) for p in pl_module.policy.parameters()])
+        torch.save({"flat": flat, "private": pl_module.clients.private, "step": trainer.global_step},
+                   Path(self.folder) / f"rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.slow
+def test_ddp_ranks_hold_equal_parameters(tmp_path):
+    cli = fit(tmp_path, "--trainer.strategy=ddp_spawn", "--trainer.devices=2", "--trainer.accelerator=cpu",
+              "--trainer.max_steps=4", "--trainer.limit_val_batches=0", run=False)
+    cli.trainer.callbacks.append(SaveRankParameters(str(tmp_path)))
+    initial = torch.cat([p.detach().reshape(-1) for p in cli.model.policy.parameters()])
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert rank0["step"] == rank1["step"] == 4
+    assert not torch.equal(rank0["flat"], initial)
+    assert torch.equal(rank0["flat"], rank1["flat"])
+    assert torch.equal(rank0["private"], rank1["private"]) and rank0["private"].abs().sum() > 0

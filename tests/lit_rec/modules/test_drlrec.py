@@ -1,0 +1,252 @@
+"""DRL-Rec student: frozen teacher, loss terms and ablation flags, end-to-end teacher then student fit, exact resume."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lit_rec.cli import make_cli
+from lit_rec.modules.dqn import DQN
+from lit_rec.modules.drlrec import DRLRecStudent, num_parameters
+from lit_rec.sampling import SeededGenerator
+
+ROOT = Path(__file__).resolve().parents[3]
+NUM_ITEMS = 30
+
+
+@pytest.fixture(autouse=True)
+def _quiet_log_outside_trainer() -> None:
+    warnings.filterwarnings("ignore", message=".*self.log.*")
+
+
+@pytest.fixture
+def teacher_ckpt(tmp_path: Path) -> Path:
+    """A (random) wide DQN teacher saved like a Lightning checkpoint."""
+    teacher = DQN(num_items=NUM_ITEMS, num_users=5, double=True, dim=16, hint_dim=16, seed=7)
+    path = tmp_path / "teacher.ckpt"
+    torch.save({"hyper_parameters": dict(teacher.hparams), "state_dict": teacher.state_dict()}, path)
+    return path
+
+
+def replay_batch(b: int = 6, c: int = 5, length: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A replay minibatch with the DQN buffer's fields."""
+    g = torch.Generator().manual_seed(seed)
+    history = torch.randint(0, NUM_ITEMS + 1, (b, length), generator=g)
+    history[:, -1] = torch.randint(1, NUM_ITEMS + 1, (b,), generator=g)  # at least one item per state
+    return {
+        "history": history,
+        "candidates": torch.randint(1, NUM_ITEMS + 1, (b, c), generator=g),
+        "action": torch.randint(0, c, (b,), generator=g),
+        "reward": torch.randint(0, 2, (b,), generator=g).float(),
+        "next_history": torch.roll(history, -1, dims=1),
+        "next_candidates": torch.randint(1, NUM_ITEMS + 1, (b, c), generator=g),
+        "done": torch.tensor([False, True] * (b // 2)),
+    }
+
+
+def student(teacher_ckpt: Path | None, **overrides) -> DRLRecStudent:
+    """A tiny student (width 8 against the teacher's 16), ready for `distillation_terms` outside a trainer."""
+    args = dict(teacher_ckpt=str(teacher_ckpt) if teacher_ckpt else None, num_items=NUM_ITEMS, num_users=5, dim=8,
+                hint_dim=8, num_candidates=20, top_k=3, seed=0, teacher_dim=16, teacher_hint_dim=16)
+    module = DRLRecStudent(**{**args, **overrides})
+    module.load_frozen_teacher()  # what setup("fit") does
+    popularity = torch.arange(NUM_ITEMS + 1)
+    popularity[0] = 0
+    module._item_popularity = popularity
+    return module
+
+
+def terms_of(module: DRLRecStudent, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The loss terms with a freshly seeded exploration generator (same explored candidates every call)."""
+    module.explore_rng = SeededGenerator(123)
+    return module.distillation_terms(batch)
+
+
+def test_frozen_teacher_gets_no_gradient_and_the_student_does(teacher_ckpt: Path) -> None:
+    module = student(teacher_ckpt)
+    teacher_before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
+    module.td_update(replay_batch()).backward()
+    assert all(not p.requires_grad and p.grad is None for p in module.teacher.parameters())
+    assert all(p.grad is None for p in module.teacher_target.parameters())
+    assert all(p.grad is not None for p in module.online.head.parameters())
+    assert module.online.encoder.item_embedding.weight.grad.abs().sum() > 0
+    assert module.hint_projection.weight.grad.abs().sum() > 0  # widths 8 -> 16: a learned projection
+    assert all(torch.equal(v, module.teacher.state_dict()[k]) for k, v in teacher_before.items())
+    assert not module.teacher.training  # frozen teachers never use dropout
+    assert module.teacher not in [p for pair in module.target_pairs() for p in pair]
+
+
+def test_co_trained_teacher_learns_only_from_its_own_td_loss() -> None:
+    module = student(None)  # no checkpoint: the teacher is co-trained from scratch
+    assert module.co_train and module.teacher.encoder.dim == 16
+    terms = terms_of(module, replay_batch())
+    teacher_params = list(module.teacher.parameters())
+    distill_grads = torch.autograd.grad(terms["kl"] + terms["hint"], teacher_params, allow_unused=True, retain_graph=True)
+    assert all(g is None for g in distill_grads)
+    own_grads = torch.autograd.grad(terms["teacher_rl"], teacher_params, allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in own_grads)
+    assert (module.teacher, module.teacher_target) in module.target_pairs()
+
+
+def test_loss_is_the_weighted_sum_of_its_terms(teacher_ckpt: Path) -> None:
+    module, batch = student(teacher_ckpt), replay_batch()
+    terms = terms_of(module, batch)
+    module.explore_rng = SeededGenerator(123)
+    loss = module.td_update(batch)
+    assert loss.item() == pytest.approx((0.4 * terms["rl"] + 0.3 * terms["kl"] + 0.3 * terms["hint"]).item(), rel=1e-6)
+    assert 3 <= terms["filtered_size"].item() <= 6  # top-3 of each network, de-duplicated
+
+
+def test_ablation_flags_change_the_loss_as_expected(teacher_ckpt: Path) -> None:
+    batch = replay_batch()
+    full = terms_of(student(teacher_ckpt), batch)
+    assert set(full) == {"rl", "confidence", "filtered_size", "kl", "hint"}
+
+    alone = student(None, distill=False)
+    assert alone.teacher is None and set(terms_of(alone, batch)) == {"rl"}
+    assert alone.td_update(batch).item() == pytest.approx(0.4 * terms_of(alone, batch)["rl"].item())
+
+    no_kl = terms_of(student(teacher_ckpt, kl=False), batch)
+    no_hint = terms_of(student(teacher_ckpt, hint=False), batch)
+    assert "kl" not in no_kl and torch.equal(no_kl["hint"], full["hint"])
+    assert "hint" not in no_hint and torch.equal(no_hint["kl"], full["kl"])
+
+    # confidence in [0, 1] with batch-max: the worst state weighs 0, and weighting only lowers the terms
+    assert full["confidence"].min().item() == pytest.approx(0.0, abs=1e-4) and full["confidence"].max() <= 1
+    unweighted = terms_of(student(teacher_ckpt, confidence=False), batch)
+    assert torch.equal(unweighted["confidence"], torch.ones(6))
+    assert unweighted["kl"] > full["kl"] and unweighted["hint"] > full["hint"]
+
+    logged_lessons = terms_of(student(teacher_ckpt, explore_filter=False), batch)
+    assert "filtered_size" not in logged_lessons  # only the transition's own candidates are lessons
+    assert logged_lessons["kl"] < full["kl"]  # the explored lessons add a KL term per state
+    for terms in (no_kl, no_hint, unweighted, logged_lessons):
+        assert torch.equal(terms["rl"], full["rl"])  # the flags never touch the student's own RL loss
+
+
+def test_confidence_weights_each_state_before_the_mean(teacher_ckpt: Path) -> None:
+    batch = replay_batch()
+    module = student(teacher_ckpt, explore_filter=False)  # lessons = the transition's candidates: no sampling
+    module.confidence_fn = lambda delta: torch.zeros_like(delta)
+    terms = module.distillation_terms(batch)
+    assert terms["kl"].item() == 0.0 and terms["hint"].item() == 0.0
+    module.confidence_fn = lambda delta: torch.nn.functional.one_hot(torch.tensor(2), 6).float()
+    weighted = module.distillation_terms(batch)
+    state_2 = student(teacher_ckpt, explore_filter=False, confidence=False).distillation_terms({k: v[2:3] for k, v in batch.items()})
+    # mean over the 6 states of c_i * loss_i with c = e_2
+    assert weighted["kl"].item() == pytest.approx(state_2["kl"].item() / 6, rel=1e-5)
+    assert weighted["hint"].item() == pytest.approx(state_2["hint"].item() / 6, rel=1e-5)
+
+
+def test_teacher_checkpoint_must_hold_a_dqn(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.ckpt"
+    torch.save({"hyper_parameters": {}, "state_dict": {"x": torch.zeros(1)}}, bad)
+    with pytest.raises(ValueError, match="no 'online"):
+        student(bad)
+
+
+# ---------------------------------------------------------------------------- end to end through the CLI
+
+TINY_DATA = ["--data.synthetic_users=40", "--data.synthetic_items=60", "--data.synthetic_events_per_user=20",
+             "--data.batch_size=64", "--data.eval_ks=[1, 10, 20]"]
+TINY_RL = ["--model.init_args.num_envs=16", "--model.init_args.batch_size_rl=16", "--model.init_args.learning_starts=32",
+           "--model.init_args.buffer_size=512", "--model.init_args.full_ranking=false"]
+
+
+def tiny_config(tmp_path: Path, name: str, ckpt_dir: Path | None = None, every_n_steps: int = 1000, confidence: str = "batch_max") -> Path:
+    """A shipped config with its checkpoint schedule and confidence formula adjusted for a test."""
+    spec = yaml.safe_load((ROOT / "configs" / name).read_text())
+    for callback in spec["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("ModelCheckpoint"):
+            callback["init_args"] = {"every_n_train_steps": every_n_steps, "save_last": True, "dirpath": str(ckpt_dir or tmp_path / "ckpt")}
+        if callback["class_path"].endswith("ConfidenceCallback"):
+            callback["init_args"]["formula"] = confidence
+        if callback["class_path"].endswith("TargetNetworkUpdate"):
+            callback["init_args"]["every_n_steps"] = 5
+    path = tmp_path / f"tiny_{name}"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def fit(tmp_path: Path, config: Path, *extra: str):
+    """Fits a config in-process on tiny synthetic data with no logger; returns the CLI."""
+    args = ["fit", "--config", str(config), "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false", f"--data.cache_dir={tmp_path.parent / 'cache'}",
+            f"--trainer.default_root_dir={tmp_path}", *TINY_DATA, *TINY_RL, *extra]
+    return make_cli(args)
+
+
+def test_teacher_then_student_fit_end_to_end(tmp_path: Path) -> None:
+    teacher = fit(tmp_path / "t", tiny_config(tmp_path, "drlrec_teacher.yaml", tmp_path / "tckpt"), "--trainer.max_epochs=1")
+    assert isinstance(teacher.model, DQN) and teacher.model.double and teacher.model.online.encoder.dim == 64
+    ckpt = tmp_path / "tckpt" / "last.ckpt"
+    assert ckpt.exists()
+    config = tiny_config(tmp_path, "drlrec_student.yaml")
+    cli = fit(tmp_path / "s", config, "--trainer.max_epochs=1", f"--model.init_args.teacher_ckpt={ckpt}",
+              "--model.init_args.num_candidates=50", "--model.init_args.top_k=5")
+    model = cli.model
+    assert isinstance(model, DRLRecStudent) and not model.co_train
+    for name, value in model.teacher.state_dict().items():  # the frozen teacher is the checkpoint's, unchanged
+        assert torch.equal(value, teacher.model.online.state_dict()[name])
+    metrics = cli.trainer.callback_metrics
+    for key in ("distill/kl", "distill/hint", "distill/filtered_size", "distill/confidence_mean", "train/loss_rl"):
+        assert key in metrics and torch.isfinite(metrics[key]), key
+    assert 5 <= metrics["distill/filtered_size"] <= 10
+    assert 0 <= metrics["distill/confidence_mean"] <= 1
+    stats = model.model_stats
+    assert stats["model/params"] == num_parameters(model.online) < stats["model/teacher_params"]
+    assert stats["model/latency_ms"] > 0 and stats["model/param_ratio"] < 0.5
+    assert 0 <= model.last_metrics["val/auc"] <= 1
+
+    # the student's checkpoint holds no frozen teacher: testing it needs no teacher file
+    student_ckpt = tmp_path / "ckpt" / "last.ckpt"
+    assert not any(k.startswith("teacher") for k in torch.load(student_ckpt, weights_only=False)["state_dict"])
+    ckpt.unlink()
+    tested = make_cli(["test", "--config", str(config), "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+                       f"--data.cache_dir={tmp_path / 'cache'}", f"--trainer.default_root_dir={tmp_path / 'test'}",
+                       f"--model.init_args.teacher_ckpt={ckpt}", f"--ckpt_path={student_ckpt}", *TINY_DATA, *TINY_RL])
+    assert tested.model.teacher is None
+    assert 0 <= tested.model.last_metrics["test/auc"] <= 1
+
+
+def random_teacher_for_tiny_data(tmp_path: Path) -> Path:
+    """A random DQN teacher (widths 16) sized for TINY_DATA's catalogue, saved like a Lightning checkpoint."""
+    from datamodules import RecDataModule
+
+    options = dict(arg[len("--data.") :].split("=", 1) for arg in TINY_DATA)
+    data = RecDataModule(**{k: yaml.safe_load(v) for k, v in options.items()}, cache_dir=str(tmp_path / "cache"))
+    teacher = DQN(num_items=data.num_items, num_users=data.num_users, double=True, dim=16, hint_dim=16, seed=3)
+    path = tmp_path / "teacher.ckpt"
+    torch.save({"hyper_parameters": dict(teacher.hparams), "state_dict": teacher.state_dict()}, path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("teacher", ["frozen", "co_trained"])
+def test_student_resumes_exactly_from_a_mid_epoch_checkpoint(tmp_path: Path, teacher: str) -> None:
+    common = ["--trainer.max_epochs=2", "--model.init_args.num_candidates=40", "--model.init_args.top_k=4", "--model.init_args.teacher_hint_dim=16"]
+    if teacher == "frozen":
+        common.append(f"--model.init_args.teacher_ckpt={random_teacher_for_tiny_data(tmp_path)}")
+    else:
+        common.append("--model.init_args.teacher_dim=16")
+    for run in "abc":
+        (tmp_path / run).mkdir()
+    full = fit(tmp_path / "a", tiny_config(tmp_path / "a", "drlrec_student.yaml", confidence="exp"), *common)
+    ckpt_dir = tmp_path / "ckpt"
+    interrupted = fit(tmp_path / "b", tiny_config(tmp_path / "b", "drlrec_student.yaml", ckpt_dir, every_n_steps=7, confidence="exp"),
+                      *common, "--trainer.max_steps=10")
+    assert interrupted.trainer.global_step == 10
+    saved = torch.load(ckpt_dir / "last.ckpt", weights_only=False)["state_dict"]
+    assert any(k.startswith("teacher.") for k in saved) == (teacher == "co_trained")
+    resumed = fit(tmp_path / "c", tiny_config(tmp_path / "c", "drlrec_student.yaml", confidence="exp"), *common,
+                  f"--ckpt_path={ckpt_dir / 'last.ckpt'}")
+    assert resumed.trainer.global_step == full.trainer.global_step
+    for name, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+    assert resumed.model.last_metrics == full.model.last_metrics
+    sigma2 = [c.sigma2 for c in (full.trainer.callbacks + resumed.trainer.callbacks) if type(c).__name__ == "ConfidenceCallback"]
+    assert len(sigma2) == 2 and torch.equal(sigma2[0], sigma2[1])
