@@ -2,5 +2,6 @@
 
 from callbacks.ctr_logger import CTRLogger
 from callbacks.data_stats import DataStatsLogger
+from callbacks.non_finite import NonFiniteGuard
 
-__all__ = ["CTRLogger", "DataStatsLogger"]
+__all__ = ["CTRLogger", "DataStatsLogger", "NonFiniteGuard"]
