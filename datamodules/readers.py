@@ -385,10 +385,10 @@ def _parse_rating(raw: pl.Series, file: Path, locate: Locate) -> pl.Series:
     """Ratings (or Outbrain's clicked) as Float64."""
     dtype = raw.dtype
     if dtype.is_numeric() or dtype == pl.Boolean:
-        return raw.cast(pl.Float64)
+        return raw.cast(pl.Float64).fill_nan(None)  # NaN >= threshold is true in Polars: NaN is a null rating
     if dtype != pl.String:
         raise DataError.at(file, f"column {raw.name!r}", "numeric ratings", f"dtype {dtype}")
     text = _blank_to_null(raw)
     parsed = text.cast(pl.Float64, strict=False)
     _raise_first_bad(text, parsed, file, locate, "a numeric rating")
-    return parsed
+    return parsed.fill_nan(None)

@@ -14,6 +14,7 @@ import lightning as L
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from datamodules import DataError, RecDataModule
+from lit_rec.checkpoints import CheckpointError, check_ckpt_path
 from lit_rec.modules.base import RecModule
 
 DEFAULT_LOGGER = {
@@ -40,6 +41,13 @@ class LitRecCLI(LightningCLI):
         parser.link_arguments("data.num_items", "model.init_args.num_items", apply_on="instantiate")
         parser.link_arguments("data.num_users", "model.init_args.num_users", apply_on="instantiate")
         parser.link_arguments("data.eval_ks", "model.init_args.eval_ks")
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        """Parses, then loads `--ckpt_path` once: a bad file is one line before Lightning reads it."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            check_ckpt_path(self.config[subcommand].get("ckpt_path"))
 
 
 def make_cli(args: list[str] | None = None, run: bool = True) -> LitRecCLI:
@@ -68,11 +76,11 @@ def _silence_known_noise() -> None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point: runs the CLI; a DataError becomes one line on stderr and exit code 2."""
+    """Entry point: runs the CLI; a DataError or CheckpointError becomes one line on stderr and exit code 2."""
     _silence_known_noise()
     try:
         make_cli(args)
-    except DataError as error:
+    except (DataError, CheckpointError) as error:
         if os.environ.get("LIT_REC_DEBUG") == "1":
             raise
         print(f"error: {error}".replace("\n", " "), file=sys.stderr)

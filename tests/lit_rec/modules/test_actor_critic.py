@@ -199,7 +199,14 @@ def test_ddp_ranks_hold_equal_parameters(tmp_path):
               "--trainer.max_steps=4", "--trainer.limit_val_batches=0", run=False)
     cli.trainer.callbacks.append(SaveRankParameters(str(tmp_path)))
     initial = torch.cat([p.detach().reshape(-1) for p in cli.model.policy.parameters()])
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    # spawn pickles the trainer's tensors; the default file-descriptor sharing fails here
+    # ("unable to resize file <filename not specified>") and the parent then waits forever
+    strategy = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    try:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    finally:
+        torch.multiprocessing.set_sharing_strategy(strategy)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert rank0["step"] == rank1["step"] == 4
     assert not torch.equal(rank0["flat"], initial)

@@ -149,6 +149,13 @@ def test_teacher_checkpoint_must_hold_a_dqn(tmp_path: Path) -> None:
         student(bad)
 
 
+def test_teacher_must_fit_the_catalogue_and_the_hint_width(teacher_ckpt: Path) -> None:
+    with pytest.raises(ValueError, match="catalogue"):
+        student(teacher_ckpt, num_items=NUM_ITEMS + 1)
+    with pytest.raises(ValueError, match="teacher_hint_dim=16"):
+        student(teacher_ckpt, teacher_hint_dim=64)
+
+
 # ---------------------------------------------------------------------------- end to end through the CLI
 
 TINY_DATA = ["--data.synthetic_users=40", "--data.synthetic_items=60", "--data.synthetic_events_per_user=20",

@@ -1,0 +1,256 @@
+"""Training-step benchmark: the DQN module under the Lightning Trainer against a plain PyTorch loop doing the same work.
+
+`python bench/train_step.py [--quick]`. Both sides are configs/dqn.yaml's DQN (its `num_envs` and
+`batch_size_rl`, 256 each) on MovieLens-1M users 1-2999 (configs/data/ml1m.yaml, cached under
+.cache/lit_rec), built twice from the same seed through the CLI. One step is what
+`DQN.training_step` does: observe, act epsilon-greedily, step the replay environment, add the
+transitions to the replay buffer, then one TD update (sample 256, forward, backward, clip, Adam
+step), with the hard target update every 100 steps.
+- Lightning: `Trainer.fit` with the shipped callbacks except ModelCheckpoint (no checkpoint files),
+  no logger, no progress bar or model summary, no validation.
+- Plain: a `for` loop calling the same module's `act`/`td_update`, the same environment and replay
+  buffer classes, `loss.backward()`, `clip_grad_norm_` and `optimizer.step()`.
+First both run the same number of steps from scratch and must end with the same parameters (same
+batches, same updates). Then they are timed in interleaved blocks (Lightning, plain, Lightning, ...;
+each Lightning block a fresh `fit` on the warmed module); a block's rate is the steady state,
+measured from the start of its third step to the start of its last, so it counts every per-step
+cost (loader, hooks, logging) but not the one-off `fit` start-up, which is reported apart
+(`fit_startup_s`). Medians over blocks; torch and Polars on one thread.
+Progress goes to stderr; the JSON object is the last line of stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import importlib
+import io
+import json
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+THREADS = 1
+os.environ["POLARS_MAX_THREADS"] = str(THREADS)  # before polars is imported
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from callbacks.target_update import update_target  # noqa: E402
+from lit_rec.cli import make_cli  # noqa: E402
+from lit_rec.functional.td import epsilon_at  # noqa: E402
+from lit_rec.modules.dqn import ENVIRONMENTS  # noqa: E402
+from lit_rec.replay_buffer import ReplayBuffer  # noqa: E402
+
+DATA_CONFIG, DATA_PATH, MODEL_CONFIG = "configs/data/ml1m.yaml", "../shared/data/ml-1m-users1-2999", "configs/dqn.yaml"
+TARGET_OVERHEAD = 0.10
+WARMUP = 2  # steps of each block before the clock starts
+SETTINGS = {"quick": {"check_steps": 110, "block": 40, "blocks": 3}, "full": {"check_steps": 250, "block": 150, "blocks": 7}}
+
+
+def log(message: str) -> None:
+    """Progress on stderr."""
+    print(f"[bench/train_step] {message}", file=sys.stderr, flush=True)
+
+
+def shipped_spec(work: Path, seed: int) -> tuple[Path, list[dict[str, Any]]]:
+    """configs/dqn.yaml without ModelCheckpoint (written to `work`), and its trainer callbacks."""
+    spec = yaml.safe_load((ROOT / MODEL_CONFIG).read_text())
+    spec["seed_everything"] = seed
+    callbacks = [c for c in spec["trainer"]["callbacks"] if not c["class_path"].endswith("ModelCheckpoint")]
+    spec["trainer"] = {"callbacks": callbacks, "logger": False, "enable_checkpointing": False}
+    path = work / "dqn.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path, callbacks
+
+
+def build(config: Path) -> Any:
+    """A fresh CLI (model, datamodule, callbacks) from the config; same seed, same initial parameters."""
+    args = ["--config", str(config), "--data", str(ROOT / DATA_CONFIG), f"--data.path={ROOT / DATA_PATH}",
+            f"--data.cache_dir={ROOT / '.cache/lit_rec'}"]
+    with contextlib.redirect_stdout(sys.stderr):
+        return make_cli(args, run=False)
+
+
+class StepClock(L.Callback):
+    """Time at the start of every training batch, and when `fit` was called."""
+
+    def __init__(self) -> None:
+        self.fit_called = time.perf_counter()
+        self.starts: list[float] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self.starts.append(time.perf_counter())
+
+
+def shipped_callbacks(specs: list[dict[str, Any]]) -> list[L.Callback]:
+    """Fresh instances of the config's callbacks (a new fit starts their schedules anew)."""
+    made = []
+    for spec in specs:
+        module, name = spec["class_path"].rsplit(".", 1)
+        made.append(getattr(importlib.import_module(module), name)(**(spec.get("init_args") or {})))
+    return made
+
+
+def lightning_block(cli: Any, steps: int, callbacks: list[dict[str, Any]], work: Path) -> StepClock:
+    """One `Trainer.fit` of `steps` steps on the (possibly already trained) module, with the shipped callbacks."""
+    clock = StepClock()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, max_epochs=-1, limit_val_batches=0,
+                        num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, log_every_n_steps=cli.trainer.log_every_n_steps,
+                        callbacks=[*shipped_callbacks(callbacks), clock], default_root_dir=str(work))
+    clock.fit_called = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):
+        trainer.fit(cli.model, datamodule=cli.datamodule)
+    return clock
+
+
+class PlainLoop:
+    """The DQN training step as a plain PyTorch loop over the same module's networks, environment and buffer."""
+
+    def __init__(self, model: Any, tensors: Any, target_every: int) -> None:
+        self.model = model
+        self.env = ENVIRONMENTS[model.env_name](tensors, model.num_envs, model.train_negatives, model.seed, "cpu")
+        self.buffer = ReplayBuffer(model.buffer_size, model.history_len, 1 + model.train_negatives, "cpu")
+        self.optimizer = model.configure_optimizers()
+        self.target_every = target_every
+        self.steps = 0
+        self.starts: list[float] = []
+
+    def step(self) -> None:
+        """Observe, act, step, store; one TD update (forward, backward, clip, step); hard target update on schedule."""
+        self.starts.append(time.perf_counter())
+        m = self.model
+        epsilon = epsilon_at(self.steps, m.epsilon_start, m.epsilon_end, m.epsilon_decay_steps)
+        state = self.env.observe()
+        action = m.act(state["history"], state["candidates"], epsilon)
+        reward, done = self.env.step(action)
+        next_state = self.env.observe()
+        self.buffer.add({"history": state["history"], "candidates": state["candidates"], "action": action, "reward": reward,
+                         "next_history": next_state["history"], "next_candidates": next_state["candidates"], "done": done})
+        learn = len(self.buffer) >= m.learning_starts and self.steps % m.train_freq == 0
+        for _ in range(m.updates_per_step):
+            self.optimizer.zero_grad(set_to_none=True)
+            if learn:
+                loss = m.td_update(self.buffer.sample(m.batch_size_rl, m.replay_rng.generator))
+                loss.backward()
+                if m.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(m.online.parameters(), m.max_grad_norm)
+                self.loss = loss.detach()
+            self.optimizer.step()
+        self.ctr = reward.float().mean()
+        self.steps += 1
+        if self.steps % self.target_every == 0:
+            update_target(m.online, m.target, 1.0)
+
+    def run(self, steps: int) -> None:
+        """`steps` steps."""
+        m = self.model
+        m.train()
+        for _ in range(steps):
+            self.step()
+
+
+def steady_rate(starts: list[float]) -> float:
+    """Steps per second between the start of step WARMUP and the start of the last step."""
+    assert len(starts) > WARMUP + 1, f"a block needs more than {WARMUP + 1} steps"
+    return (len(starts) - 1 - WARMUP) / (starts[-1] - starts[WARMUP])
+
+
+def max_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    """Largest absolute difference between two modules' parameters."""
+    return max(float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def main() -> None:
+    """Checks the two loops agree, times them interleaved and prints the JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short blocks (well within 2 minutes)")
+    parser.add_argument("--block", type=int, default=None, help="steps per timed block (overrides the setting)")
+    parser.add_argument("--blocks", type=int, default=None, help="timed blocks per side (overrides the setting)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    setting = SETTINGS["quick" if args.quick else "full"]
+    block, blocks = args.block or setting["block"], args.blocks or setting["blocks"]
+    if not (ROOT / DATA_PATH).exists():
+        sys.exit(f"bench/train_step.py: data not found at {ROOT / DATA_PATH}")
+    torch.set_num_threads(THREADS)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # lightning's LeafSpec notice (PITFALLS.md)
+    warnings.filterwarnings("ignore", category=UserWarning)  # "few workers" and similar notices
+    started = time.perf_counter()
+
+    with tempfile.TemporaryDirectory(prefix="bench_train_step_") as tmp:
+        work = Path(tmp)
+        config, callbacks = shipped_spec(work, args.seed)
+        target_every = next(int(c["init_args"]["every_n_steps"]) for c in callbacks if c["class_path"].endswith("TargetNetworkUpdate"))
+        lightning_cli, plain_cli = build(config), build(config)
+        plain = PlainLoop(plain_cli.model, plain_cli.datamodule.tensors, target_every)
+        model = lightning_cli.model
+        log(f"{type(model).__name__}: num_envs {model.num_envs}, batch_size_rl {model.batch_size_rl}, "
+            f"{sum(p.numel() for p in model.online.parameters())} parameters; callbacks "
+            f"{[c['class_path'].rsplit('.', 1)[-1] for c in callbacks]}")
+
+        # the same work: after the same steps from the same seed, the same parameters
+        check = setting["check_steps"]
+        lightning_block(lightning_cli, check, callbacks, work)
+        plain.run(check)
+        difference = max(max_difference(model.online, plain.model.online), max_difference(model.target, plain.model.target))
+        log(f"after {check} steps each: max |parameter difference| = {difference:.3g}")
+        if difference > 1e-5:
+            sys.exit(f"bench/train_step.py: Lightning and plain loops diverged after {check} steps (max diff {difference})")
+
+        rates: dict[str, list[float]] = {"lightning": [], "plain": []}
+        startup: list[float] = []
+        for repeat in range(blocks):  # interleaved: Lightning, plain, Lightning, plain, ...
+            clock = lightning_block(lightning_cli, block, callbacks, work)
+            rates["lightning"].append(steady_rate(clock.starts))
+            startup.append(clock.starts[0] - clock.fit_called)
+            plain.starts = []
+            plain.run(block)
+            rates["plain"].append(steady_rate(plain.starts))
+            log(f"block {repeat + 1}/{blocks}: lightning {rates['lightning'][-1]:.1f} steps/s, plain {rates['plain'][-1]:.1f} steps/s")
+
+        profile = cProfile.Profile()
+        profile.enable()
+        lightning_block(lightning_cli, block, callbacks, work)
+        profile.disable()
+        out = io.StringIO()
+        pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(15)
+        log("cProfile of one Lightning block, by own time:\n" + out.getvalue())
+
+    lightning, plain_rate = statistics.median(rates["lightning"]), statistics.median(rates["plain"])
+    report = {
+        "bench": "train_step",
+        "data": DATA_PATH,
+        "model": f"{MODEL_CONFIG} (DQN)",
+        "batch_size_rl": model.batch_size_rl,
+        "num_envs": model.num_envs,
+        "threads": {"torch": torch.get_num_threads(), "polars": int(os.environ["POLARS_MAX_THREADS"])},
+        "timing": f"median of {blocks} interleaved blocks of {block} steps per side (steady state, from step {WARMUP + 1})",
+        "same_parameters_after_steps": check,
+        "max_parameter_difference": difference,
+        "lightning_steps_per_s": round(lightning, 2),
+        "plain_steps_per_s": round(plain_rate, 2),
+        "overhead": round(1 - lightning / plain_rate, 4),
+        "target_overhead": TARGET_OVERHEAD,
+        "meets_target": 1 - lightning / plain_rate <= TARGET_OVERHEAD,
+        "fit_startup_s": round(statistics.median(startup), 3),
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""PredictionWriter: each user's top-k recommendations from `predict`, written to one Parquet file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import polars as pl
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch import Tensor
+
+from lit_rec.recommend import recommend_top_k
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes one row per (user, rank): `user`, `rank` (1 = best), `item`, `score`, with original ids.
+
+    Items the user interacted with (any split) and PAD are never recommended. Under DDP each
+    rank writes a part file, and rank 0 merges them into `output_path` and removes them.
+    """
+
+    def __init__(self, output_path: str = "predictions.parquet", top_k: int = 10) -> None:
+        """Args:
+        output_path: the Parquet file to write (parent folders are created).
+        top_k: recommendations per user.
+        """
+        super().__init__(write_interval="batch")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        self.output_path = Path(output_path)
+        self.top_k = top_k
+        self._parts: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Asks the module's `predict_step` for `top_k` items and clears what an earlier run left."""
+        pl_module.predict_top_k = self.top_k
+        self._parts = []
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: dict[str, Tensor],
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Keeps the batch's top-k on the CPU (computed here if `predict_step` returned something else)."""
+        if isinstance(prediction, dict) and "items" in prediction and prediction["items"].shape[1] >= self.top_k:
+            items, scores = prediction["items"][:, : self.top_k], prediction["scores"][:, : self.top_k]
+        else:
+            items, scores = recommend_top_k(pl_module, batch, self.top_k, trainer.datamodule.tensors)
+        self._parts.append((batch["user"].cpu(), items.cpu(), scores.float().cpu()))
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Writes this rank's rows; under DDP rank 0 then merges every rank's part."""
+        tensors = trainer.datamodule.tensors
+        frame = self._frame(tensors.user_ids, tensors.item_ids)
+        self._parts = []
+        self.output_path.parent.mkdir(parents=True, exist_ok=True)
+        if trainer.world_size == 1:
+            _write_atomic(frame, self.output_path)
+            return
+        part = self.output_path.with_suffix(f".rank{trainer.global_rank}.parquet")
+        _write_atomic(frame, part)
+        trainer.strategy.barrier("prediction_writer")
+        if trainer.is_global_zero:
+            parts = [self.output_path.with_suffix(f".rank{r}.parquet") for r in range(trainer.world_size)]
+            merged = pl.concat([pl.read_parquet(p) for p in parts])
+            # a sampler that pads uneven shards repeats some users: keep each (user, rank) once
+            merged = merged.unique(subset=["user", "rank"], keep="first", maintain_order=True)
+            _write_atomic(merged, self.output_path)
+            for p in parts:
+                p.unlink()
+        trainer.strategy.barrier("prediction_writer_merged")
+
+    def _frame(self, user_ids: list[str], item_ids: list[str]) -> pl.DataFrame:
+        """The rows of every kept batch, dropping slots a user had no unseen item for."""
+        if not self._parts:
+            return pl.DataFrame(schema={"user": pl.String, "rank": pl.Int32, "item": pl.String, "score": pl.Float32})
+        users, items, scores = (torch.cat(column) for column in zip(*self._parts))
+        k = items.shape[1]
+        keep = torch.isfinite(scores).flatten()
+        user_index = users.repeat_interleave(k)[keep]
+        rank = torch.arange(1, k + 1, dtype=torch.int32).repeat(users.numel())[keep]
+        frame = pl.DataFrame(
+            {
+                "user": pl.Series(user_ids).gather(pl.Series(user_index.numpy())),
+                "rank": rank.numpy(),
+                "item": pl.Series(item_ids).gather(pl.Series(items.flatten()[keep].numpy())),
+                "score": scores.flatten()[keep].numpy(),
+            }
+        )
+        return frame
+
+
+def _write_atomic(frame: pl.DataFrame, path: Path) -> None:
+    """Writes Parquet to a temporary name, then renames, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    frame.write_parquet(tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,88 @@
+"""Checkpoint loading that turns a missing, truncated or corrupt file into one line (`CheckpointError`)."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# ckpt_path values that Lightning resolves itself (not files on this machine)
+LIGHTNING_CKPT_NAMES = ("best", "last", "hpc")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be loaded; the message is one line, `<path>: <reason>`."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = " ".join(str(reason).split())  # always one line
+        super().__init__(f"{self.path}: {self.reason}")
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """`torch.load(path, map_location="cpu", weights_only=True)`; CheckpointError when the file is missing,
+    unreadable, empty, truncated, corrupt, holds objects weights_only refuses, or is not a dict."""
+    file = Path(path).expanduser()
+    try:
+        with file.open("rb") as handle:
+            empty = not handle.read(1)
+    except FileNotFoundError as error:
+        raise CheckpointError(path, "expected a checkpoint file, found nothing there") from error
+    except IsADirectoryError as error:
+        raise CheckpointError(path, "expected a checkpoint file, found a folder") from error
+    except OSError as error:
+        raise CheckpointError(path, f"expected a readable checkpoint file, found {error.strerror or error}") from error
+    if empty:
+        raise CheckpointError(path, "expected a checkpoint file, found an empty file")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - every load failure is a bad checkpoint; _diagnose says which
+        raise CheckpointError(path, _diagnose(file, error)) from error
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(path, f"expected a checkpoint dict, found {type(checkpoint).__name__}")
+    return checkpoint
+
+
+def check_ckpt_path(ckpt_path: str | Path | None) -> None:
+    """Loads a local `--ckpt_path` once so that a bad file fails before Lightning reads it; names that
+    Lightning resolves (best, last, hpc, registry), URLs and folders (sharded checkpoints) are left to it."""
+    if ckpt_path is None:
+        return
+    text = str(ckpt_path)
+    if text in LIGHTNING_CKPT_NAMES or text.startswith("registry") or "://" in text or Path(text).is_dir():
+        return
+    load_checkpoint(text)
+
+
+def _diagnose(file: Path, error: Exception) -> str:
+    """Why torch.load failed: no zip directory (truncated / not a checkpoint), a CRC mismatch, or a refused object."""
+    if not zipfile.is_zipfile(file):
+        # torch.save writes a zip archive whose directory is at the end: a cut-off file has none
+        return "expected a zip-format torch checkpoint, found a truncated or corrupt file (no zip directory)"
+    try:
+        with zipfile.ZipFile(file) as archive:
+            bad_member = archive.testzip()
+    except Exception as zip_error:  # noqa: BLE001
+        return f"expected a torch checkpoint, found a corrupt zip archive ({_first_line(zip_error)})"
+    if bad_member is not None:
+        return f"expected a torch checkpoint, found a corrupt file (CRC mismatch in {bad_member})"
+    if isinstance(error, pickle.UnpicklingError) and "weights_only" in str(error):
+        return f"expected a checkpoint loadable with weights_only=True, found {_weights_only_reason(error)}"
+    return f"expected a torch checkpoint, found {type(error).__name__}: {_first_line(error)}"
+
+
+def _weights_only_reason(error: Exception) -> str:
+    """The WeightsUnpickler's own reason (e.g. an unsupported global), without torch's advice around it."""
+    text = str(error)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    return _first_line(text)
+
+
+def _first_line(error: object) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

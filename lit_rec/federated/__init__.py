@@ -1,0 +1,20 @@
+"""Simulated federated learning for DADRL: devices (clients), arrival models, and the versioned server."""
+
+from lit_rec.federated.arrivals import ARRIVALS, ArrivalModel, Cohort, ExponentialArrivals, SessionArrivals, SynchronousArrivals, make_arrivals
+from lit_rec.federated.buffer import VersionBuffer
+from lit_rec.federated.clients import Clients
+from lit_rec.federated.server import Server, ServerStep
+
+__all__ = [
+    "ARRIVALS",
+    "ArrivalModel",
+    "Clients",
+    "Cohort",
+    "ExponentialArrivals",
+    "Server",
+    "ServerStep",
+    "SessionArrivals",
+    "SynchronousArrivals",
+    "VersionBuffer",
+    "make_arrivals",
+]

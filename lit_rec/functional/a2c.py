@@ -1,0 +1,76 @@
+"""Advantage actor-critic math: n-step returns, the A2C loss, Gumbel-max actions, per-row gradient clipping."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def nstep_returns(rewards: Tensor, bootstrap: Tensor, mask: Tensor, gamma: float) -> Tensor:
+    """Bootstrapped returns `R_t = r_t + γ R_{t+1}`, `R_T = bootstrap`, over valid steps `(..., T)`.
+
+    `mask (..., T)` marks valid steps (a prefix of each row); past the last valid step the return
+    stays the bootstrap value, so a row that ended early bootstraps from where it ended (pass 0 there
+    for a terminal state).
+    """
+    returns = []
+    running = bootstrap
+    for t in reversed(range(rewards.shape[-1])):
+        running = torch.where(mask[..., t], rewards[..., t] + gamma * running, running)
+        returns.append(running)
+    return torch.stack(returns[::-1], dim=-1)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of `x (..., T)` over the valid steps of the last dimension; 0 for a row without any."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+
+
+def a2c_loss(
+    logits: Tensor,
+    actions: Tensor,
+    values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    value_coef: float = 0.5,
+    entropy_coef: float = 0.01,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """A2C loss per trajectory `(...,)`: policy gradient + value_coef * value loss - entropy_coef * entropy.
+
+    Shapes: `logits (..., T, C)`, `actions (..., T)` long, `values`, `returns`, `mask (..., T)`.
+    Each term is a mean over the trajectory's valid steps; the advantage `returns - values` is
+    detached in the policy term. Returns the loss and its parts (`policy`, `value`, `entropy`).
+    """
+    log_probs = F.log_softmax(logits, dim=-1)
+    taken = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    advantage = returns - values
+    policy = masked_mean(-taken * advantage.detach(), mask)
+    value = masked_mean(0.5 * advantage.pow(2), mask)
+    entropy = masked_mean(entropy, mask)
+    loss = policy + value_coef * value - entropy_coef * entropy
+    return loss, {"policy": policy, "value": value, "entropy": entropy}
+
+
+def gumbel_actions(logits: Tensor, gumbel: Tensor) -> Tensor:
+    """Samples from softmax(logits) with given standard Gumbel noise (Gumbel-max), `(..., C) -> (...)`."""
+    return (logits.detach() + gumbel).argmax(dim=-1)
+
+
+def standard_gumbel(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    """Standard Gumbel noise `-log(-log U)` drawn with `generator`."""
+    uniform = torch.rand(shape, generator=generator, device=generator.device).clamp(1e-10, 1.0 - 1e-7)
+    return -torch.log(-torch.log(uniform))
+
+
+def clip_scale(norms: Tensor, max_norm: float) -> Tensor:
+    """Factors `min(1, max_norm / norm)` that bring gradients of L2 norms `norms` to at most `max_norm`."""
+    return (max_norm / (norms + 1e-6)).clamp(max=1.0)
+
+
+def clip_rows(rows: Tensor, max_norm: float) -> tuple[Tensor, Tensor]:
+    """Scales each row of `(n, P)` to L2 norm at most `max_norm`; returns the clipped rows and the norms `(n,)`."""
+    norms = rows.norm(dim=1)
+    return rows * clip_scale(norms, max_norm).unsqueeze(1), norms

@@ -1,0 +1,41 @@
+"""Temporal-difference math of DQN and Double DQN: targets, loss and the epsilon schedule."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+
+def dqn_target(reward: Tensor, next_q_target: Tensor, done: Tensor, gamma: float) -> Tensor:
+    """`r + gamma * (1 - done) * max_a' Q_target(s', a')`; rewards `(B,)`, next Q-values `(B, C)` -> `(B,)`."""
+    assert next_q_target.dim() == 2 and next_q_target.shape[0] == reward.shape[0], f"next_q_target {tuple(next_q_target.shape)} is not (B, C)"
+    bootstrap = next_q_target.max(dim=1).values
+    return reward + gamma * (1.0 - done.to(reward.dtype)) * bootstrap
+
+
+def double_dqn_target(reward: Tensor, next_q_online: Tensor, next_q_target: Tensor, done: Tensor, gamma: float) -> Tensor:
+    """`r + gamma * (1 - done) * Q_target(s', argmax_a' Q_online(s', a'))` (van Hasselt et al. 2016) -> `(B,)`."""
+    assert next_q_online.shape == next_q_target.shape, f"online {tuple(next_q_online.shape)} != target {tuple(next_q_target.shape)}"
+    best = next_q_online.argmax(dim=1, keepdim=True)
+    bootstrap = next_q_target.gather(1, best).squeeze(1)
+    return reward + gamma * (1.0 - done.to(reward.dtype)) * bootstrap
+
+
+def td_loss(q_taken: Tensor, target: Tensor, kind: Literal["huber", "mse"] = "huber") -> Tensor:
+    """Mean TD loss between `Q(s, a)` `(B,)` and the (detached) target `(B,)`: Huber (delta 1) or squared error."""
+    target = target.detach()
+    if kind == "huber":
+        return torch.nn.functional.smooth_l1_loss(q_taken, target, beta=1.0)
+    if kind == "mse":
+        return torch.nn.functional.mse_loss(q_taken, target)
+    raise ValueError(f"td_loss kind must be 'huber' or 'mse', got {kind!r}")
+
+
+def epsilon_at(step: int, start: float, end: float, decay_steps: int) -> float:
+    """Linear epsilon schedule: `start` at step 0, `end` from `decay_steps` on."""
+    if decay_steps <= 0:
+        return end
+    fraction = min(max(step, 0) / decay_steps, 1.0)
+    return start + fraction * (end - start)

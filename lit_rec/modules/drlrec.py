@@ -1,0 +1,411 @@
+"""DRL-Rec (Xie et al., CIKM 2021): a narrow DDQN student distilled from a wide DDQN teacher.
+
+The teacher is a plain `DQN(double=True)` (configs/drlrec_teacher.yaml), read frozen from its
+checkpoint at fit start (and never saved with the student), or co-trained from scratch as in the
+official code. The student is the same network,
+narrower; it is a `DQN` too (same environment, replay buffer, exploration, target network and
+checkpointed state), whose TD update adds the distillation terms. One TD update, top to bottom:
+
+1. the student's own DDQN loss on a replay minibatch;
+2. the teacher's squared TD error delta on the same transitions gives each state a confidence
+   c(delta) (`callbacks.ConfidenceCallback`, or the official batch-max formula without it);
+3. exploring/filtering: per state a candidate set of `num_candidates` items (the transition's
+   candidates, then popularity- and uniform-sampled items), scored by both networks; the lessons are
+   the teacher's top-k united with the student's top-k, de-duplicated (vectorised, no loop per state);
+4. `w_rl * RL + w_kl * mean(c * KL) + w_hint * mean(c * hint)`, with per state
+   KL = tau^2 KL(softmax(Q_T/tau) || softmax(Q_S/tau)) over the transition's (logged) candidates plus
+   the same over the filtered lessons, and hint = the MSE of the hint-space vectors whose bilinear
+   product is Q: the state (hint layer) and the lessons' item vectors, the student's projected to the
+   teacher's width by a learned map when widths differ. Explored items take their state's confidence.
+
+The teacher never receives a gradient from distillation (its outputs are detached), and a frozen
+teacher has `requires_grad=False` and stays in eval mode. The math is in `lit_rec.functional.distill`.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lit_rec.functional.distill import (
+    batch_max_confidence,
+    explore_candidates,
+    filter_topk_union,
+    hint_mse,
+    listwise_kl,
+    weighted_mean,
+)
+from lit_rec.functional.td import double_dqn_target, dqn_target, td_loss
+from lit_rec.modules.dqn import DQN
+from lit_rec.networks import QHead, QNetwork, SeqEncoder
+from lit_rec.sampling import SeededGenerator
+
+
+def num_parameters(network: nn.Module) -> int:
+    """Parameters of a network, trainable or frozen (target networks are separate modules, never counted)."""
+    return sum(p.numel() for p in network.parameters())
+
+
+def load_teacher(path: str, num_items: int, num_users: int) -> DQN:
+    """The DQN of a Lightning checkpoint (its hyperparameters, online and target weights), on CPU."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    accepted = set(inspect.signature(DQN.__init__).parameters) - {"self", "kwargs"}
+    hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}
+    with torch.random.fork_rng(devices=[]):  # building a DQN must not move the global RNG
+        teacher = DQN(num_items=num_items, num_users=num_users, **hparams)
+    for name in ("online", "target"):
+        prefix = f"{name}."
+        weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        if not weights:
+            raise ValueError(f"teacher checkpoint {path} has no '{prefix}*' weights: is it a DQN run (configs/drlrec_teacher.yaml)?")
+        try:
+            getattr(teacher, name).load_state_dict(weights)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[-1].strip()
+            raise ValueError(f"teacher checkpoint {path} does not fit this data's catalogue ({num_items} items): {first}") from None
+    return teacher
+
+
+@torch.inference_mode()
+def scoring_latency_ms(
+    networks: dict[str, nn.Module],
+    num_items: int,
+    history_len: int,
+    num_candidates: int = 1000,
+    repeats: int = 50,
+    seed: int = 0,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
+    """Median milliseconds per network to score `num_candidates` items for one request, the networks interleaved.
+
+    A network is a module with `score(history, candidates)` (a `QNetwork`) or one called that way (an
+    exported TorchScript artefact). Uses the current torch thread count and each network's device;
+    the networks are put in eval mode for the measurement and restored after it. `clock` may be
+    `time.thread_time` (CPU time of this thread) to ignore other processes on a shared machine when
+    torch runs one thread.
+    """
+    g = torch.Generator().manual_seed(seed)
+    history = torch.randint(1, num_items + 1, (1, history_len), generator=g)
+    candidates = torch.randint(1, num_items + 1, (1, num_candidates), generator=g)
+    modes = {name: net.training for name, net in networks.items() if hasattr(net, "training")}  # frozen TorchScript has none
+    times: dict[str, list[float]] = {name: [] for name in networks}
+    for name in modes:
+        networks[name].eval()
+    try:
+        for i in range(repeats + 3):  # 3 warm-up rounds
+            for name, net in networks.items():
+                first = next(iter(net.parameters()), None)
+                device = first.device if first is not None else torch.device("cpu")
+                h, c = history.to(device), candidates.to(device)
+                start = clock()
+                getattr(net, "score", net)(h, c)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i >= 3:
+                    times[name].append(clock() - start)
+    finally:
+        for name, mode in modes.items():
+            networks[name].train(mode)
+    return {name: 1000.0 * statistics.median(values) for name, values in times.items()}
+
+
+LOGGED_TERMS = {
+    "rl": "train/loss_rl",
+    "teacher_rl": "train/loss_teacher",
+    "kl": "distill/kl",
+    "hint": "distill/hint",
+    "filtered_size": "distill/filtered_size",
+}
+
+
+class DRLRecStudent(DQN):
+    """DRL-Rec student: a narrow Double DQN trained with confidence-weighted KL and hint distillation from a teacher."""
+
+    def __init__(
+        self,
+        teacher_ckpt: str | None = None,
+        distill: bool = True,
+        co_train: bool = False,
+        w_rl: float = 0.4,
+        w_kl: float = 0.3,
+        w_hint: float = 0.3,
+        temperature: float = 1.0,
+        explore_filter: bool = True,
+        confidence: bool = True,
+        kl: bool = True,
+        hint: bool = True,
+        num_candidates: int = 1000,
+        top_k: int = 10,
+        popularity_fraction: float = 0.5,
+        teacher_dim: int = 64,
+        teacher_hint_dim: int = 64,
+        teacher_num_heads: int = 2,
+        double: bool = True,
+        dim: int = 32,
+        hint_dim: int = 16,
+        latency_candidates: int = 1000,
+        **kwargs: Any,
+    ) -> None:
+        """Args:
+        teacher_ckpt: checkpoint of the teacher (a `DQN` run, e.g. configs/drlrec_teacher.yaml): frozen, read at
+            fit start, never saved with the student; none: a teacher with the `teacher_*` widths is co-trained
+            from scratch (official code).
+        distill: learn from the teacher at all; false gives the student alone (`w_rl` x its own DDQN loss).
+        co_train: keep training the loaded teacher on its own DDQN loss alongside the student (it is then
+            read at construction and saved in the student's checkpoints).
+        w_rl: weight of the student's own DDQN loss.
+        w_kl: weight of the list-wise KL loss.
+        w_hint: weight of the hint loss.
+        temperature: softmax temperature tau of the KL (the loss is multiplied by tau^2).
+        explore_filter: distil on each state's filtered lessons (teacher top-k + student top-k of
+            `num_candidates` explored items); false distils on the transition's own candidates.
+        confidence: weight each state's distillation terms by the teacher's confidence; false: weight 1.
+        kl: include the KL term.
+        hint: include the hint term.
+        num_candidates: explored candidates per state (the transition's candidates first, then samples).
+        top_k: lessons taken from the teacher's ranking and, separately, from the student's.
+        popularity_fraction: share of the sampled candidates drawn by popularity (the rest uniformly).
+        teacher_dim: encoder width of a co-trained teacher built from scratch.
+        teacher_hint_dim: the teacher's hint width (sizes the hint projection; a loaded teacher must match).
+        teacher_num_heads: attention heads of a co-trained teacher built from scratch.
+        double: Double-DQN target for the student (the official "DDQN").
+        dim: the student's encoder width (the teacher's shape, narrower).
+        hint_dim: the student's hint (state and item vector) width.
+        latency_candidates: candidates per request when timing the networks at fit start (`model/latency_ms`).
+        """
+        super().__init__(double=double, dim=dim, hint_dim=hint_dim, **kwargs)
+        if w_rl < 0 or w_kl < 0 or w_hint < 0 or temperature <= 0:
+            raise ValueError(f"DRLRecStudent needs weights >= 0 and temperature > 0, got {w_rl}, {w_kl}, {w_hint}, {temperature}")
+        self.distill = distill
+        self.co_train = distill and (co_train or teacher_ckpt is None)
+        self.w_rl, self.w_kl, self.w_hint, self.temperature = w_rl, w_kl, w_hint, temperature
+        self.explore_filter, self.use_confidence, self.use_kl, self.use_hint = explore_filter, confidence, kl, hint
+        self.num_candidates, self.top_k, self.popularity_fraction = num_candidates, top_k, popularity_fraction
+        self.latency_candidates = latency_candidates
+        self.explore_rng = SeededGenerator(self.seed + 3)
+        self.confidence_fn: Any = None  # set by callbacks.ConfidenceCallback
+        self.last_confidence: Tensor | None = None
+        self.model_stats: dict[str, float] = {}
+        self.teacher_ckpt, self.teacher_hint_dim = teacher_ckpt, teacher_hint_dim
+        self.teacher: QNetwork | None = None
+        self.teacher_target: QNetwork | None = None
+        if self.co_train:  # a trained teacher is part of the module and of its checkpoints
+            if teacher_ckpt is not None:
+                online, target = self._read_teacher()
+            else:
+                online, target = self._fresh_teacher(teacher_dim, teacher_hint_dim, teacher_num_heads)
+            self.teacher, self.teacher_target = online, target.requires_grad_(False).eval()
+            self.teacher_hint_dim = online.encoder.hint_dim
+        # a frozen teacher is read from teacher_ckpt in setup("fit") and never saved with the student
+        with torch.random.fork_rng(devices=[]):  # initialised from `seed` only, like the networks
+            torch.manual_seed(self.seed + 4)
+            # FitNets regressor: the student's hint space mapped onto the teacher's when the widths differ
+            project = distill and hint and self.teacher_hint_dim != hint_dim  # no unused parameters (DDP)
+            self.hint_projection: nn.Module = nn.Linear(hint_dim, self.teacher_hint_dim, bias=False) if project else nn.Identity()
+        self._item_popularity: Tensor | None = None
+
+    def _read_teacher(self) -> tuple[QNetwork, QNetwork]:
+        """The teacher's online and target networks from `teacher_ckpt`, checked against the student."""
+        assert self.teacher_ckpt is not None
+        teacher = load_teacher(self.teacher_ckpt, self.num_items, self.num_users)
+        if teacher.history_len != self.history_len:
+            raise ValueError(f"teacher {self.teacher_ckpt} has history_len={teacher.history_len}, the student {self.history_len}")
+        return teacher.online, teacher.target
+
+    def _fresh_teacher(self, dim: int, hint_dim: int, num_heads: int) -> tuple[QNetwork, QNetwork]:
+        """A new teacher (seeded from `seed`) for co-training from scratch."""
+        hp = self.hparams
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + 100)
+            encoder = SeqEncoder(self.num_items, dim, self.history_len, hp["num_layers"], num_heads, hint_dim, hp["dropout"])
+            online = QNetwork(encoder, QHead(hint_dim))
+        return online, copy.deepcopy(online)
+
+    def load_frozen_teacher(self, device: torch.device | str = "cpu") -> None:
+        """Reads the frozen teacher from `teacher_ckpt` (no gradient, eval mode) unless it is already there."""
+        if not self.distill or self.teacher is not None:
+            return
+        online, target = self._read_teacher()
+        if online.encoder.hint_dim != self.teacher_hint_dim:
+            raise ValueError(
+                f"teacher {self.teacher_ckpt} has hint width {online.encoder.hint_dim}, but teacher_hint_dim={self.teacher_hint_dim}: "
+                f"set --model.init_args.teacher_hint_dim={online.encoder.hint_dim}"
+            )
+        self.teacher = online.requires_grad_(False).eval().to(device)
+        self.teacher_target = target.requires_grad_(False).eval().to(device)
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str) -> None:
+        """Builds environment and buffer (DQN), reads a frozen teacher, keeps the train popularity for exploring."""
+        super().setup(stage)
+        if stage == "fit":
+            device = self.trainer.strategy.root_device
+            self.load_frozen_teacher(device)
+            self._item_popularity = self.tensors.item_popularity.to(device)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """One Adam over the student, its hint projection and, when co-trained, the teacher (disjoint losses)."""
+        params = [*self.online.parameters(), *self.hint_projection.parameters()]
+        if self.co_train and self.teacher is not None:
+            params += list(self.teacher.parameters())
+        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def train(self, mode: bool = True) -> "DRLRecStudent":
+        """Target networks and a frozen teacher always run in eval mode (no dropout)."""
+        super().train(mode)
+        if self.teacher_target is not None:
+            self.teacher_target.eval()
+        if self.teacher is not None and not self.co_train:
+            self.teacher.eval()
+        return self
+
+    def target_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """The student's `(online, target)`, and the teacher's when it is co-trained."""
+        pairs = super().target_pairs()
+        if self.co_train and self.teacher is not None and self.teacher_target is not None:
+            pairs.append((self.teacher, self.teacher_target))
+        return pairs
+
+    def on_fit_start(self) -> None:
+        """Logs `model/params` and `model/latency_ms` of the student (and the teacher's, with their ratios)."""
+        networks = {"student": self.online}
+        if self.teacher is not None:
+            networks["teacher"] = self.teacher
+        latency = scoring_latency_ms(networks, self.num_items, self.history_len, self.latency_candidates, repeats=20)
+        stats = {"model/params": float(num_parameters(self.online)), "model/latency_ms": latency["student"]}
+        if self.teacher is not None:
+            teacher_params = num_parameters(self.teacher)
+            stats.update(
+                {
+                    "model/teacher_params": float(teacher_params),
+                    "model/teacher_latency_ms": latency["teacher"],
+                    "model/param_ratio": stats["model/params"] / teacher_params,
+                    "model/latency_ratio": latency["student"] / latency["teacher"],
+                }
+            )
+        self.model_stats = stats
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics(stats, step=self.global_step)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _frozen_teacher_keys(self) -> tuple[str, ...]:
+        """State-dict prefixes of a frozen teacher (empty when there is none or it is co-trained)."""
+        return () if self.co_train or self.teacher is None else ("teacher.", "teacher_target.")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """DQN's state (environment, buffer, generators) without a frozen teacher's weights (they stay in teacher_ckpt)."""
+        super().on_save_checkpoint(checkpoint)
+        frozen = self._frozen_teacher_keys()
+        if frozen:
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(frozen)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """DQN's restore; a frozen teacher read from teacher_ckpt keeps its weights (strict loading sees them)."""
+        super().on_load_checkpoint(checkpoint)
+        frozen = self._frozen_teacher_keys()
+        if frozen:
+            own = {k: v for k, v in self.state_dict().items() if k.startswith(frozen)}
+            checkpoint["state_dict"] = {**checkpoint["state_dict"], **own}
+
+    # ------------------------------------------------------------------ learning
+    def _td_target(self, online: QNetwork, target: QNetwork, batch: dict[str, Tensor]) -> Tensor:
+        """The (Double) DQN target `(B,)` of a network pair on a replay minibatch, without gradient."""
+        with torch.no_grad():
+            next_q_target = target.score(batch["next_history"], batch["next_candidates"])
+            if self.double:
+                next_q_online = online.score(batch["next_history"], batch["next_candidates"])
+                return double_dqn_target(batch["reward"], next_q_online, next_q_target, batch["done"], self.gamma)
+            return dqn_target(batch["reward"], next_q_target, batch["done"], self.gamma)
+
+    def _confidence(self, td_error: Tensor) -> Tensor:
+        """Per-state confidence `(B,)`: the callback's formula, else the official batch-max one; 1 when disabled."""
+        if not self.use_confidence:
+            return torch.ones_like(td_error)
+        if self.confidence_fn is not None:
+            return self.confidence_fn(td_error)
+        return batch_max_confidence(td_error)
+
+    def distillation_terms(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The unweighted terms of one replay minibatch.
+
+        `rl`: the student's TD loss. With a teacher also `confidence (B,)`, `filtered_size` (mean
+        lessons per state), `kl` and `hint` when enabled (confidence-weighted means over states), and
+        `teacher_rl` when the teacher is co-trained.
+        """
+        q_student, hint_student = self.online(batch["history"], batch["candidates"])
+        action = batch["action"][:, None]
+        q_taken = q_student.gather(1, action).squeeze(1)
+        terms = {"rl": td_loss(q_taken, self._td_target(self.online, self.target, batch), self.loss_kind)}
+        if self.teacher is None or self.teacher_target is None:
+            return terms
+
+        with nullcontext() if self.co_train else torch.no_grad():
+            q_teacher, hint_teacher = self.teacher(batch["history"], batch["candidates"])
+        q_teacher_taken = q_teacher.gather(1, action).squeeze(1)
+        teacher_target = self._td_target(self.teacher, self.teacher_target, batch)
+        if self.co_train:
+            terms["teacher_rl"] = td_loss(q_teacher_taken, teacher_target, self.loss_kind)
+        confidence = self._confidence((teacher_target - q_teacher_taken.detach()).pow(2))
+        terms["confidence"] = confidence.detach()
+        q_teacher, hint_teacher = q_teacher.detach(), hint_teacher.detach()  # distillation never reaches the teacher
+
+        # lessons: the transition's own (logged) candidates, plus the explored/filtered items
+        logged = batch["candidates"]
+        with torch.no_grad():
+            vectors_t = self.teacher.encoder.item_vectors(logged)
+        everything = torch.ones_like(logged, dtype=torch.bool)
+        lessons = [(q_student, q_teacher, self.online.encoder.item_vectors(logged), vectors_t, everything)]
+        if self.explore_filter:
+            items, q_t, vectors_t, mask = self._explore_and_filter(logged, hint_student, hint_teacher)
+            vectors_s = self.online.encoder.item_vectors(items)
+            lessons.append((self.online.head(hint_student, vectors_s), q_t, vectors_s, vectors_t, mask))
+            terms["filtered_size"] = mask.sum(1).float().mean()
+
+        if self.use_kl:
+            kl = sum(listwise_kl(q_t, q_s, self.temperature, mask) for q_s, q_t, _, _, mask in lessons)
+            terms["kl"] = weighted_mean(kl, confidence)
+        if self.use_hint:
+            vectors_s, vectors_t, mask = (torch.cat([lesson[i] for lesson in lessons], dim=1) for i in (2, 3, 4))
+            per_state = hint_mse(self.hint_projection(hint_student), hint_teacher)
+            per_item = hint_mse(self.hint_projection(vectors_s), vectors_t, mask)
+            terms["hint"] = weighted_mean(0.5 * (per_state + per_item), confidence)
+        return terms
+
+    def td_update(self, batch: dict[str, Tensor]) -> Tensor:
+        """`w_rl * RL + w_kl * KL + w_hint * hint` (+ a co-trained teacher's own TD loss); logs the terms."""
+        terms = self.distillation_terms(batch)
+        loss = self.w_rl * terms["rl"]
+        loss = loss + self.w_kl * terms.get("kl", 0.0) + self.w_hint * terms.get("hint", 0.0) + terms.get("teacher_rl", 0.0)
+        self.last_confidence = terms.get("confidence")
+        for key, name in LOGGED_TERMS.items():
+            if key in terms:
+                self.log(name, terms[key].detach(), on_step=True, on_epoch=False)
+        return loss
+
+    @torch.no_grad()
+    def _explore_and_filter(self, logged: Tensor, hint_student: Tensor, hint_teacher: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Lessons per state: `items (B, 2k)`, teacher Q `(B, 2k)` and item vectors `(B, 2k, H_T)`, and the de-dup mask.
+
+        Both networks score every item once per state (`(B, num_items+1)`, one matrix product) and the
+        explored candidates are gathered from those scores; the caller recomputes the student's
+        lesson scores with gradient.
+        """
+        assert self._item_popularity is not None and self.teacher is not None
+        candidates = explore_candidates(
+            logged, self.num_candidates, self._item_popularity, self.explore_rng.generator, self.popularity_fraction
+        )
+        vectors_t_all = self.teacher.encoder.all_item_vectors()
+        q_t_all = self.teacher.head.score_all(hint_teacher, vectors_t_all)
+        q_s_all = self.online.head.score_all(hint_student.detach(), self.online.encoder.all_item_vectors())
+        columns, mask = filter_topk_union(candidates, q_t_all.gather(1, candidates), q_s_all.gather(1, candidates), self.top_k)
+        items = candidates.gather(1, columns)
+        return items, q_t_all.gather(1, items), vectors_t_all[items], mask

@@ -1,0 +1,224 @@
+"""Networks shared by every neural lit_rec agent: the sequence encoder and its Q, actor and critic heads.
+
+Shapes: `history (B, L)` item ids, left-padded with PAD = 0, most recent last (L <= history_len);
+`candidates (B, C)` item ids; `state` / hint `(B, H)` with H = `hint_dim`. Every module here is
+TorchScript-compatible, so `lit_rec.export` can write a self-contained artefact.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["ActorCritic", "ActorHead", "CriticHead", "QHead", "QNetwork", "SeqEncoder", "count_parameters"]
+
+ITEM_INIT_STD = 0.1  # N(0, 0.1) item embeddings learn; N(0, 1) leaves dot-product Q-learning at random (PITFALLS.md)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def _check_items(name: str, items: Tensor, batch: int) -> None:
+    """Asserts `items` is a `(batch, C)` integer id matrix."""
+    assert items.dim() == 2, f"{name} must be (B, C) item ids, got {items.dim()} dims with shape {items.shape}"
+    assert items.shape[0] == batch, f"{name} has {items.shape[0]} rows but history has {batch}"
+    assert not items.is_floating_point(), f"{name} must hold integer item ids, got {items.dtype}"
+
+
+class CausalBlock(nn.Module):
+    """Pre-norm Transformer block: masked multi-head self-attention, then a 2x MLP."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        assert dim % num_heads == 0, f"dim {dim} must be divisible by num_heads {num_heads}"
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.norm_attn = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim), nn.Dropout(dropout))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
+        """`x (B, L, D)`, `allowed (B, 1, L, L)` bool (query row attends to key column) -> `(B, L, D)`."""
+        b, l, d = x.shape
+        qkv = self.qkv(self.norm_attn(x)).view(b, l, 3, self.num_heads, d // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
+        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, l, d)))
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class SeqEncoder(nn.Module):
+    """Item embedding + positions -> causal Transformer -> GRU -> MLP ending in the `hint_dim` tanh (hint) layer.
+
+    PAD positions are masked out everywhere (attention keys, GRU updates) and positions count from
+    the most recent item, so the state depends only on the non-PAD items: left-padding invariant.
+    A fully-PAD history gives a finite constant state.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        dim: int = 64,
+        history_len: int = 10,
+        num_layers: int = 1,
+        num_heads: int = 2,
+        hint_dim: int = 32,
+        dropout: float = 0.1,
+    ) -> None:
+        """Args:
+        num_items: catalogue size (ids 1..num_items; 0 is PAD).
+        dim: width of the embeddings, the Transformer and the GRU (the teacher/student knob).
+        history_len: longest history; histories are `(B, L)` with L <= history_len.
+        num_layers: causal Transformer blocks.
+        num_heads: attention heads per block (must divide dim).
+        hint_dim: width of the state (hint layer) and of the item vectors scored against it.
+        dropout: dropout of embeddings, attention and MLPs during training.
+        """
+        super().__init__()
+        self.num_items = num_items
+        self.dim = dim
+        self.history_len = history_len
+        self.hint_dim = hint_dim
+        self.item_embedding = nn.Embedding(num_items + 1, dim, padding_idx=0)
+        nn.init.normal_(self.item_embedding.weight, std=ITEM_INIT_STD)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+        # index history_len - 1 is the most recent item; a shorter history uses the last L rows
+        self.positions = nn.Parameter(torch.randn(history_len, dim) * 0.02)
+        self.input_drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList([CausalBlock(dim, num_heads, dropout) for _ in range(num_layers)])
+        self.norm = nn.LayerNorm(dim)
+        self.gru = nn.GRUCell(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, hint_dim), nn.Tanh())
+        self.item_proj = nn.Linear(dim, hint_dim, bias=False)
+
+    def forward(self, history: Tensor) -> Tensor:
+        """State (hint) `(B, hint_dim)` of left-padded histories `(B, L)`."""
+        assert history.dim() == 2, f"history must be (B, L) item ids, got shape {history.shape}"
+        assert not history.is_floating_point(), f"history must hold integer item ids, got {history.dtype}"
+        b, l = history.shape
+        assert l <= self.history_len, f"history length {l} exceeds history_len {self.history_len}"
+        is_item = history > 0
+        x = self.item_embedding(history) + self.positions[self.history_len - l :]
+        x = self.input_drop(x)
+        causal = torch.ones(l, l, dtype=torch.bool, device=history.device).tril()
+        diagonal = torch.eye(l, dtype=torch.bool, device=history.device)
+        # PAD keys are hidden; every query may see itself, so a fully-PAD row never softmaxes over nothing
+        allowed = (causal & (is_item.unsqueeze(1) | diagonal)).unsqueeze(1)
+        for block in self.blocks:
+            x = block(x, allowed)
+        x = self.norm(x)
+        h = torch.zeros(b, self.dim, dtype=x.dtype, device=x.device)
+        for t in range(l):  # L <= history_len steps; PAD steps keep the hidden state unchanged
+            h = torch.where(is_item[:, t : t + 1], self.gru(x[:, t], h), h)
+        return self.mlp(h)
+
+    @torch.jit.export
+    def item_vectors(self, items: Tensor) -> Tensor:
+        """Item vectors `(B, C, hint_dim)`: the item embedding projected to the state's width."""
+        if items.numel() > self.num_items + 1:  # projecting the catalogue once is cheaper than every candidate
+            return self.all_item_vectors()[items]
+        return self.item_proj(self.item_embedding(items))
+
+    @torch.jit.export
+    def all_item_vectors(self) -> Tensor:
+        """Vectors of every item id `(num_items + 1, hint_dim)` (row 0 is PAD)."""
+        return self.item_proj(self.item_embedding.weight)
+
+
+class QHead(nn.Module):
+    """Q(state, item) = <W state + b, item vector>: a bilinear score of every candidate."""
+
+    def __init__(self, hint_dim: int) -> None:
+        """Args:
+        hint_dim: width of the state and of the item vectors.
+        """
+        super().__init__()
+        self.query = nn.Linear(hint_dim, hint_dim)
+
+    def forward(self, state: Tensor, item_vectors: Tensor) -> Tensor:
+        """Scores `(B, C)` of `item_vectors (B, C, H)` in `state (B, H)`."""
+        return torch.bmm(item_vectors, self.query(state).unsqueeze(2)).squeeze(2)
+
+    @torch.jit.export
+    def score_all(self, state: Tensor, all_item_vectors: Tensor) -> Tensor:
+        """Scores `(B, N)` of the same items `(N, H)` for every state, as one matrix product."""
+        return self.query(state) @ all_item_vectors.T
+
+
+class ActorHead(QHead):
+    """Policy logits over candidates, same bilinear form as `QHead` (its own parameters)."""
+
+
+class CriticHead(nn.Module):
+    """State value V(state) `(B,)` from a small MLP."""
+
+    def __init__(self, hint_dim: int) -> None:
+        """Args:
+        hint_dim: width of the state.
+        """
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(hint_dim, hint_dim), nn.Tanh(), nn.Linear(hint_dim, 1))
+
+    def forward(self, state: Tensor) -> Tensor:
+        """Values `(B,)` of `state (B, H)`."""
+        return self.mlp(state).squeeze(1)
+
+
+class QNetwork(nn.Module):
+    """Encoder + Q head: Q-values of candidates, and the state (the hint used for distillation)."""
+
+    def __init__(self, encoder: SeqEncoder, head: QHead) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, history: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
+        """`(q (B, C), hint (B, H))` for `history (B, L)` and `candidates (B, C)`."""
+        _check_items("candidates", candidates, history.shape[0])
+        hint = self.encoder(history)
+        return self.head(hint, self.encoder.item_vectors(candidates)), hint
+
+    @torch.jit.export
+    def score(self, history: Tensor, candidates: Tensor) -> Tensor:
+        """Q-values `(B, C)`."""
+        return self.forward(history, candidates)[0]
+
+    @torch.jit.export
+    def score_all(self, history: Tensor) -> Tensor:
+        """Q-values of every item id `(B, num_items + 1)` (column 0 is PAD)."""
+        return self.head.score_all(self.encoder(history), self.encoder.all_item_vectors())
+
+
+class ActorCritic(nn.Module):
+    """Encoder shared by an actor (logits over candidates) and a critic (state value)."""
+
+    def __init__(self, encoder: SeqEncoder, actor: ActorHead, critic: CriticHead) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.actor = actor
+        self.critic = critic
+
+    def forward(self, history: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
+        """`(logits (B, C), value (B,))` for `history (B, L)` and `candidates (B, C)`."""
+        _check_items("candidates", candidates, history.shape[0])
+        state = self.encoder(history)
+        return self.actor(state, self.encoder.item_vectors(candidates)), self.critic(state)
+
+    @torch.jit.export
+    def score(self, history: Tensor, candidates: Tensor) -> Tensor:
+        """Actor logits `(B, C)` (the critic is not evaluated)."""
+        _check_items("candidates", candidates, history.shape[0])
+        return self.actor(self.encoder(history), self.encoder.item_vectors(candidates))
+
+    @torch.jit.export
+    def score_all(self, history: Tensor) -> Tensor:
+        """Actor logits of every item id `(B, num_items + 1)` (column 0 is PAD)."""
+        return self.actor.score_all(self.encoder(history), self.encoder.all_item_vectors())

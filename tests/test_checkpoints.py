@@ -1,0 +1,144 @@
+"""Checkpoints: a real LinUCB checkpoint loads with weights_only=True; a missing, truncated or corrupt
+`--ckpt_path` is one `error:` line and exit 2 through the CLI, before Lightning touches the file."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_rec.checkpoints import CheckpointError, check_ckpt_path, load_checkpoint
+from lit_rec.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 120
+# a small simulator (150 items: max(eval_ks) = 100 negatives per held-out event still fit)
+DATA_ARGS = [
+    "--data.synthetic_users=60", "--data.synthetic_items=150", "--data.synthetic_events_per_user=10",
+    "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=1",
+]
+
+
+def cli_args(subcommand: str, root: Path, *extra: str) -> list[str]:
+    return [subcommand, "--config", str(ROOT / "configs/linucb.yaml"), *DATA_ARGS,
+            f"--data.cache_dir={root / 'cache'}", f"--trainer.default_root_dir={root}", *extra]
+
+
+def run_main(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as exit_info:
+        return exit_info.code if isinstance(exit_info.code, int) else int(exit_info.code is not None)
+    return 0
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LinUCB checkpoint after 3 training steps (fit in-process)."""
+    root = tmp_path_factory.mktemp("linucb")
+    assert run_main(cli_args("fit", root, "--trainer.max_steps=3")) == 0
+    checkpoint = root / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_file()
+    return checkpoint
+
+
+def test_linucb_checkpoint_loads_with_weights_only(trained: Path) -> None:
+    raw = torch.load(trained, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(trained)
+    assert checkpoint.keys() == raw.keys()
+    assert {"state_dict", "loops", "callbacks", "optimizer_states", "lit_rec_rng"} <= checkpoint.keys()
+    assert checkpoint["global_step"] == 3
+    assert checkpoint["state_dict"]["a_inv"].dtype == torch.float64
+
+
+def test_cli_test_accepts_a_good_checkpoint(trained: Path, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    assert run_main(cli_args("test", tmp_path, f"--ckpt_path={trained}")) == 0
+    assert "error:" not in capfd.readouterr().err
+
+
+def _damage(kind: str, good: Path, folder: Path) -> Path:
+    path = folder / f"{kind}.ckpt"
+    data = good.read_bytes()
+    if kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "random":
+        path.write_bytes(random.Random(0).randbytes(4096))
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "bitflip":  # bytes of the pickle replaced: the zip directory is intact, its CRC is not
+        start = data.index(b"data.pkl") + 200
+        path.write_bytes(data[:start] + bytes(b ^ 0xFF for b in data[start : start + 64]) + data[start + 64 :])
+    return path  # "missing": never written
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("missing", "found nothing there"),
+        ("empty", "found an empty file"),
+        ("truncated", "truncated or corrupt file"),
+        ("random", "truncated or corrupt file"),
+        ("bitflip", "CRC mismatch"),
+    ],
+)
+def test_load_checkpoint_names_the_file_and_the_reason(kind: str, reason: str, trained: Path, tmp_path: Path) -> None:
+    path = _damage(kind, trained, tmp_path)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and reason in message and "\n" not in message
+
+
+class NotAllowed:
+    """A class torch's weights_only unpickler refuses."""
+
+
+def test_load_checkpoint_reports_what_weights_only_refuses(tmp_path: Path) -> None:
+    path = tmp_path / "pickled.ckpt"
+    torch.save({"state_dict": {}, "extra": NotAllowed()}, path)
+    with pytest.raises(CheckpointError, match=r"weights_only=True, found Unsupported global.*NotAllowed"):
+        load_checkpoint(path)
+    torch.save([1, 2], path)
+    with pytest.raises(CheckpointError, match="expected a checkpoint dict, found list"):
+        load_checkpoint(path)
+
+
+def test_lightning_names_are_left_to_lightning(tmp_path: Path) -> None:
+    for name in (None, "last", "best", "hpc", "registry:model:latest", "s3://bucket/x.ckpt", str(tmp_path)):
+        check_ckpt_path(name)  # no error: Lightning resolves these
+    with pytest.raises(CheckpointError):
+        check_ckpt_path(tmp_path / "nope.ckpt")
+
+
+def _assert_one_line_error(code: int, stderr: str, path: Path) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2, stderr
+    assert len(lines) == 1 and lines[0].startswith("error:") and str(path) in lines[0], stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated", "random"])
+def test_cli_test_with_a_bad_checkpoint_is_one_line_and_exit_2(
+    kind: str, trained: Path, tmp_path: Path, capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LIT_REC_DEBUG", raising=False)
+    path = _damage(kind, trained, tmp_path)
+    code = run_main(cli_args("test", tmp_path, f"--ckpt_path={path}"))
+    _assert_one_line_error(code, capfd.readouterr().err, path)
+
+
+@pytest.mark.slow
+def test_cli_subprocess_truncated_checkpoint(trained: Path, tmp_path: Path) -> None:
+    path = _damage("truncated", trained, tmp_path)
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    env.pop("LIT_REC_DEBUG", None)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *cli_args("test", tmp_path, f"--ckpt_path={path}")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
+    )
+    _assert_one_line_error(result.returncode, result.stderr, path)
