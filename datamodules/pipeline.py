@@ -25,7 +25,7 @@ from datamodules.negatives import sample_unseen
 from datamodules.readers import Source
 from datamodules.synthetic import SyntheticConfig, simulate
 
-PIPELINE_VERSION = 2  # bump when the prepared frames change meaning or layout
+PIPELINE_VERSION = 3  # bump when the prepared frames change meaning or layout
 TRAIN, VAL, TEST = 0, 1, 2
 SPLIT_NAMES = {TRAIN: "train", VAL: "val", TEST: "test"}
 DROP_REASONS = {
