@@ -53,7 +53,7 @@ HISTORY_LEN = 10
 COHORT = 256 // 5  # the shipped default: the data's batch size (256) // t_max (5)
 WARMUP = 3
 TARGET_FLATNESS = 0.15
-SETTINGS = {"quick": {"steps": 12, "rounds": 1}, "full": {"steps": 40, "rounds": 3}}
+SETTINGS = {"quick": {"block": 5, "blocks": 5, "both": False}, "full": {"block": 10, "blocks": 7, "both": True}}
 
 
 def log(message: str) -> None:
@@ -146,8 +146,16 @@ def client_state_bytes(model: Any) -> int:
     return total
 
 
-def worker(num_clients: int, steps: int, arrival: str, seed: int) -> dict[str, Any]:
-    """Trains the shipped DADRL module on `num_clients` synthetic clients; steps/s and memory."""
+PROTOCOL = "@@"  # prefix of the worker's protocol lines on stdout (anything else there is ignored)
+
+
+def worker(num_clients: int, block: int, blocks: int, arrival: str, seed: int) -> None:
+    """Trains the shipped DADRL module on `num_clients` synthetic clients, one block of steps per `go` on stdin.
+
+    Protocol lines on stdout: `ready` once built; after each timed block its wall and CPU
+    seconds; at the end the memory figures. The driver keeps the three client counts' workers
+    alive and lets one block run at a time, so the counts are interleaved block by block.
+    """
     import lightning as L
     import torch
     import yaml
@@ -156,6 +164,12 @@ def worker(num_clients: int, steps: int, arrival: str, seed: int) -> dict[str, A
     from callbacks.staleness import StalenessCallback
     from datamodules.loaders import ResumableLoader
     from lit_rec.modules.actor_critic import ActorCriticRec
+
+    protocol = sys.stdout
+
+    def say(kind: str, **fields: Any) -> None:
+        protocol.write(f"{PROTOCOL}{json.dumps({'kind': kind, **fields})}\n")
+        protocol.flush()
 
     torch.set_num_threads(THREADS)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -182,122 +196,183 @@ def worker(num_clients: int, steps: int, arrival: str, seed: int) -> dict[str, A
     spec.update(cohort_size=COHORT, arrival=arrival, seed=seed)
     torch.manual_seed(seed)
     model = ActorCriticRec(**spec, num_items=ITEMS, num_users=num_clients, full_ranking=False)
-    starts: list[float] = []
     staleness: list[float] = []
     versions: list[int] = []
+    boundaries = {0, *(WARMUP + i * block for i in range(blocks))}
 
-    class Clock(L.Callback):
+    class Gate(L.Callback):
+        """At each block boundary: reports the block just run (the first is the warm-up), then waits for `go`."""
+
+        def __init__(self) -> None:
+            self.wall = self.cpu = 0.0
+
+        def _report(self, warmup: bool) -> None:
+            say("block", warmup=warmup, wall_s=time.perf_counter() - self.wall, cpu_s=time.process_time() - self.cpu)
+
         def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
-            starts.append(time.perf_counter())
+            step = trainer.global_step
+            if step not in boundaries:
+                return
+            if step == 0:
+                say("ready")
+            else:
+                self._report(warmup=step == WARMUP)
+            sys.stdin.readline()  # wait for `go`: the other workers are idle meanwhile
+            self.wall, self.cpu = time.perf_counter(), time.process_time()
 
         def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-            stale = pl_module.federated_stats["staleness"]
-            staleness.append(float(stale.float().mean()) if stale.numel() else 0.0)
-            versions.append(int(torch.unique(stale).numel()))
+            if trainer.global_step > WARMUP:
+                stale = pl_module.federated_stats["staleness"]
+                staleness.append(float(stale.float().mean()) if stale.numel() else 0.0)
+                versions.append(int(torch.unique(stale).numel()))
 
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=WARMUP + steps, max_epochs=-1, limit_val_batches=0,
+        def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+            self._report(warmup=False)
+
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=WARMUP + blocks * block, max_epochs=-1, limit_val_batches=0,
                         num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[StalenessCallback(), Clock()], default_root_dir=os.getcwd())
+                        enable_model_summary=False, callbacks=[StalenessCallback(), Gate()], default_root_dir=os.getcwd())
     with contextlib.redirect_stdout(sys.stderr):
         trainer.fit(model, datamodule=Data())
-    timed = starts[WARMUP:]
-    return {
-        "clients": num_clients,
-        "arrival": arrival,
-        "events": len(tensors.train),
-        "steps_per_s": (len(timed) - 1) / (timed[-1] - timed[0]),
-        "mean_staleness": statistics.fmean(staleness[WARMUP:]),
-        "distinct_versions_per_step": statistics.fmean(versions[WARMUP:]),
-        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_after_imports_mb": rss_imports,
-        "rss_after_data_mb": rss_data,
-        "train_peak_mb": peak_since_reset_mb() if peak_reset else None,
-        "data_mb": tensor_mb(tensors),
-        "client_state_bytes": client_state_bytes(model),
-        "private_bytes": model.clients.private.numel() * model.clients.private.element_size() if model.clients.private is not None else 0,
-    }
+    say(
+        "done",
+        clients=num_clients,
+        events=len(tensors.train),
+        mean_staleness=statistics.fmean(staleness),
+        distinct_versions_per_step=statistics.fmean(versions),
+        rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        rss_after_imports_mb=rss_imports,
+        rss_after_data_mb=rss_data,
+        train_peak_mb=peak_since_reset_mb() if peak_reset else None,
+        data_mb=tensor_mb(tensors),
+        client_state_bytes=client_state_bytes(model),
+        private_bytes=model.clients.private.numel() * model.clients.private.element_size() if model.clients.private is not None else 0,
+    )
 
 
 # ---------------------------------------------------------------------------- driver
 
 
-def run_worker(count: int, steps: int, arrival: str, seed: int) -> dict[str, Any]:
-    """One client count in a fresh interpreter; its last stdout line is the row."""
-    command = [sys.executable, __file__, "--worker", str(count), "--steps", str(steps), "--arrival", arrival, "--seed", str(seed)]
-    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False)
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr)
-        sys.exit(f"bench/clients.py: the worker for {count} clients failed (exit {done.returncode})")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+class Worker:
+    """One client count's worker process and its protocol."""
+
+    def __init__(self, count: int, block: int, blocks: int, arrival: str, seed: int) -> None:
+        command = [sys.executable, __file__, "--worker", str(count), "--block", str(block), "--blocks", str(blocks),
+                   "--arrival", arrival, "--seed", str(seed)]
+        self.count = count
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def read(self) -> dict[str, Any]:
+        """The next protocol message."""
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith(PROTOCOL):
+                return json.loads(line[len(PROTOCOL):])
+        code = self.process.wait()
+        sys.exit(f"bench/clients.py: the worker for {self.count} clients stopped (exit {code}); rerun it alone: "
+                 f"python bench/clients.py --worker {self.count}")
+
+    def go(self) -> dict[str, Any]:
+        """Lets the worker run its next block; returns what it reports."""
+        assert self.process.stdin is not None
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+        return self.read()
 
 
-def summary(rows: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Medians per client count, flatness, and the memory growth from the smallest to the largest count."""
-    median = {c: {k: statistics.median(r[k] for r in rs) for k in ("steps_per_s", "rss_mb", "train_peak_mb", "data_mb")
-                  if rs[0][k] is not None} for c, rs in rows.items()}
+def run_counts(block: int, blocks: int, arrival: str, seed: int) -> dict[int, dict[str, Any]]:
+    """The three client counts' workers, blocks interleaved (1k, 10k, 100k, 1k, ...): per count its blocks and memory."""
+    workers = []
+    for count in COUNTS:  # built one after another (building is not timed, but keeps the memory peaks apart)
+        worker_ = Worker(count, block, blocks, arrival, seed)
+        message = worker_.read()
+        assert message["kind"] == "ready", message
+        workers.append(worker_)
+    for w in workers:
+        message = w.go()  # the warm-up block
+        assert message["kind"] == "block" and message["warmup"], message
+    rows: dict[int, dict[str, Any]] = {w.count: {"blocks": []} for w in workers}
+    for i in range(blocks):
+        for w in workers:
+            message = w.go()
+            assert message["kind"] == "block" and not message["warmup"], message
+            rows[w.count]["blocks"].append(message)
+        log(f"{arrival} block {i + 1}/{blocks}: " + ", ".join(
+            f"{w.count} clients {block / rows[w.count]['blocks'][-1]['wall_s']:.2f} steps/s" for w in workers))
+    for w in workers:
+        done = w.read()
+        assert done["kind"] == "done", done
+        rows[w.count].update(done)
+        w.process.wait()
+    return rows
+
+
+def summary(rows: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Per client count: median steps/s over blocks (wall and CPU clocks), memory; flatness and memory growth."""
+    rate = {c: statistics.median(r["block"] / b["wall_s"] for b in r["blocks"]) for c, r in rows.items()}
+    cpu_rate = {c: statistics.median(r["block"] / b["cpu_s"] for b in r["blocks"]) for c, r in rows.items()}
     small, large = min(rows), max(rows)
-    first = {c: rs[0] for c, rs in rows.items()}
-    growth = median[large]["rss_mb"] - median[small]["rss_mb"]
-    data_growth = median[large]["data_mb"] - median[small]["data_mb"]
+    growth = rows[large]["rss_mb"] - rows[small]["rss_mb"]
+    data_growth = rows[large]["data_mb"] - rows[small]["data_mb"]
     return {
-        "steps_per_s": {str(c): round(m["steps_per_s"], 3) for c, m in median.items()},
-        "rss_mb": {str(c): round(m["rss_mb"], 1) for c, m in median.items()},
-        "flatness": round(abs(1 - median[large]["steps_per_s"] / median[small]["steps_per_s"]), 4),
-        "data_mb": {str(c): round(m["data_mb"], 1) for c, m in median.items()},
-        "train_peak_mb": {str(c): round(m["train_peak_mb"], 1) for c, m in median.items() if "train_peak_mb" in m},
+        "steps_per_s": {str(c): round(v, 3) for c, v in rate.items()},
+        "rss_mb": {str(c): round(r["rss_mb"], 1) for c, r in rows.items()},
+        "flatness": round(abs(1 - rate[large] / rate[small]), 4),
+        "cpu_steps_per_s": {str(c): round(v, 3) for c, v in cpu_rate.items()},
+        "flatness_cpu": round(abs(1 - cpu_rate[large] / cpu_rate[small]), 4),
+        "data_mb": {str(c): round(r["data_mb"], 1) for c, r in rows.items()},
+        "train_peak_mb": {str(c): round(r["train_peak_mb"], 1) for c, r in rows.items() if r["train_peak_mb"] is not None},
         "rss_growth_mb": round(growth, 1),
         "rss_growth_beyond_data_bytes_per_client": round((growth - data_growth) * 2**20 / (large - small), 1),
-        "client_state_bytes_per_client": round(first[large]["client_state_bytes"] / large, 1),
-        "private_bytes_per_client": round(first[large]["private_bytes"] / large, 1),
-        "mean_staleness": {str(c): round(statistics.median(r["mean_staleness"] for r in rs), 2) for c, rs in rows.items()},
-        "distinct_versions_per_step": {str(c): round(statistics.median(r["distinct_versions_per_step"] for r in rs), 2)
-                                       for c, rs in rows.items()},
-        "events": {str(c): rs[0]["events"] for c, rs in rows.items()},
+        "client_state_bytes_per_client": round(rows[large]["client_state_bytes"] / large, 1),
+        "private_bytes_per_client": round(rows[large]["private_bytes"] / large, 1),
+        "mean_staleness": {str(c): round(r["mean_staleness"], 2) for c, r in rows.items()},
+        "distinct_versions_per_step": {str(c): round(r["distinct_versions_per_step"], 2) for c, r in rows.items()},
+        "events": {str(c): r["events"] for c, r in rows.items()},
     }
 
 
 def main() -> None:
-    """Runs every client count in subprocesses, interleaved over rounds, and prints the JSON line."""
+    """Runs the client counts' workers with their blocks interleaved and prints the JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps and one round (within 2 minutes)")
-    parser.add_argument("--steps", type=int, default=None, help="timed server steps per run (after the warm-up)")
-    parser.add_argument("--rounds", type=int, default=None, help="runs per client count, interleaved")
-    parser.add_argument("--arrival", default="sessions", choices=("sessions", "exponential"), help="arrival model of the main figures")
-    parser.add_argument("--both", action="store_true", help="also run the other arrival model (reported under `control`)")
+    parser.add_argument("--quick", action="store_true", help="short blocks, main arrival model only (within 2 minutes)")
+    parser.add_argument("--block", type=int, default=None, help="server steps per timed block")
+    parser.add_argument("--blocks", type=int, default=None, help="timed blocks per client count, interleaved")
+    parser.add_argument("--arrival", default="exponential", choices=("sessions", "exponential"), help="arrival model of the main figures")
+    parser.add_argument("--both", action="store_true", default=None, help="also run the other arrival model (default in full mode)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     setting = SETTINGS["quick" if args.quick else "full"]
-    steps, rounds = args.steps or setting["steps"], args.rounds or setting["rounds"]
+    block, blocks = args.block or setting["block"], args.blocks or setting["blocks"]
     if args.worker is not None:
-        print(json.dumps(worker(args.worker, steps, args.arrival, args.seed)))
+        worker(args.worker, block, blocks, args.arrival, args.seed)
         return
+    both = setting["both"] if args.both is None else args.both
     started = time.perf_counter()
-    arrivals = [args.arrival] + ([a for a in ("sessions", "exponential") if a != args.arrival] if args.both else [])
-    results: dict[str, dict[int, list[dict[str, Any]]]] = {a: {c: [] for c in COUNTS} for a in arrivals}
-    for round_ in range(rounds):
-        for arrival in arrivals:
-            for count in COUNTS:  # interleaved: each count once per round
-                row = run_worker(count, steps, arrival, args.seed)
-                results[arrival][count].append(row)
-                log(f"round {round_ + 1}/{rounds} {arrival} {count} clients: {row['steps_per_s']:.2f} steps/s, "
-                    f"peak RSS {row['rss_mb']:.0f} MB (data {row['data_mb']:.0f} MB), mean staleness "
-                    f"{row['mean_staleness']:.1f}, {row['distinct_versions_per_step']:.1f} versions/step")
-    main_summary = summary(results[args.arrival])
+    arrivals = [args.arrival] + ([a for a in ("exponential", "sessions") if a != args.arrival] if both else [])
+    results = {}
+    for arrival in arrivals:
+        rows = run_counts(block, blocks, arrival, args.seed)
+        for row in rows.values():
+            row["block"] = block
+        results[arrival] = summary(rows)
+    main_summary = results[args.arrival]
     report: dict[str, Any] = {
         "bench": "clients",
-        "model": f"{MODEL_CONFIG} (mode dadrl), arrival={args.arrival}",
+        "model": f"{MODEL_CONFIG} (mode dadrl) with arrival={args.arrival}",
         "data": f"synthetic: {ITEMS} items, ~{MEAN_EVENTS} train events per client",
         "cohort_size": COHORT,
         "threads": {"torch": THREADS, "polars": THREADS},
-        "timing": f"{steps} server steps after {WARMUP} warm-up steps per run, median of {rounds} interleaved runs per count, one subprocess each",
+        "timing": (f"median of {blocks} blocks of {block} server steps per count after {WARMUP} warm-up steps; the three counts "
+                   "run in their own processes, blocks interleaved (1k, 10k, 100k, 1k, ...)"),
         **main_summary,
         "target_flatness": TARGET_FLATNESS,
         "meets_target": main_summary["flatness"] <= TARGET_FLATNESS,
     }
     for arrival in arrivals[1:]:
-        control = summary(results[arrival])
-        report[f"control_{arrival}"] = {k: control[k] for k in ("steps_per_s", "rss_mb", "flatness", "mean_staleness", "distinct_versions_per_step")}
+        report[arrival] = {k: results[arrival][k] for k in ("steps_per_s", "rss_mb", "flatness", "cpu_steps_per_s", "flatness_cpu",
+                                                            "mean_staleness", "distinct_versions_per_step")}
     report["wall_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(report))
 

@@ -78,6 +78,9 @@ def _silence_known_noise() -> None:
 def main(args: list[str] | None = None) -> None:
     """Entry point: runs the CLI; a DataError or CheckpointError becomes one line on stderr and exit code 2."""
     _silence_known_noise()
+    if "OMP_NUM_THREADS" not in os.environ:
+        # small recommender networks: one thread is as fast, and far faster on a busy machine (PITFALLS.md)
+        torch.set_num_threads(1)
     try:
         make_cli(args)
     except (DataError, CheckpointError) as error:

@@ -30,7 +30,7 @@ class PopularityScorer(nn.Module):
         """Build from train counts `(num_items + 1,)`, index 0 PAD with count 0."""
         super().__init__()
         _check_item_popularity(item_popularity)
-        self.register_buffer("item_popularity", item_popularity.detach().clone().long())
+        self.register_buffer("item_popularity", item_popularity.detach().clone().long(), persistent=False)
 
     @property
     def num_items(self) -> int:

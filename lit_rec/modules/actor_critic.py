@@ -6,7 +6,7 @@ are ignored, so an epoch has as many server steps as the data has train batches)
    version it downloaded earlier: Δ = server version - its version. A version that has left
    the ring buffer (Δ > max_staleness) is dropped, clamped to the oldest or refreshed;
 2. each client replays the next `t_max` events of its own episode (the logged positive plus
-   `train_negatives` items outside its train items; reward 1 for choosing the logged one), with
+   the data's `train_negatives` items outside its train items; reward 1 for choosing the logged one), with
    its stale copy: `functional_call` on the stored flat version, one batched call per distinct
    version (vmapped over the clients that hold it), no loop over clients or events;
 3. the A2C loss (n-step returns, advantage, value loss, entropy bonus; `lit_rec.functional.a2c`)
@@ -120,7 +120,6 @@ class ActorCriticRec(RecModule):
         local_steps: int = 1,
         client_lr: float = 0.05,
         client_chunk: int = 64,
-        train_negatives: int = 10,
         history_len: int = 10,
         dim: int = 64,
         num_layers: int = 1,
@@ -156,7 +155,6 @@ class ActorCriticRec(RecModule):
         local_steps: local steps per client and round (a2c_d only; others use 1).
         client_lr: local SGD step size (a2c_d).
         client_chunk: clients whose gradients are held at once (bounds memory to chunk x model).
-        train_negatives: random items beside the logged one in each training candidate set.
         history_len: items in a state; must equal the data's `history_len`.
         dim: width of the encoder's embeddings, Transformer and GRU.
         num_layers: causal Transformer blocks.
@@ -183,7 +181,7 @@ class ActorCriticRec(RecModule):
         self.weighting, self.weight_a, self.weight_b = weighting, weight_a, weight_b
         self.max_staleness, self.stale_policy = max_staleness, stale_policy
         self.local_steps, self.client_lr, self.client_chunk = local_steps, client_lr, client_chunk
-        self.train_negatives, self.history_len, self.hint_dim, self.seed = train_negatives, history_len, hint_dim, seed
+        self.history_len, self.hint_dim, self.seed = history_len, hint_dim, seed
         with torch.random.fork_rng(devices=[]):  # the initialisation depends on `seed` only
             torch.manual_seed(seed)
             encoder = SeqEncoder(self.num_items, dim, history_len, num_layers, num_heads, hint_dim, dropout)
@@ -218,6 +216,7 @@ class ActorCriticRec(RecModule):
         offsets, sequence = tensors.train_offsets.to(device), tensors.train_sequence.to(device)
         self.clients = Clients(offsets, self.hint_dim if self.personalization else 0, self.private_lr)
         self.negatives = ExcludedItemSampler(offsets, sequence, self.num_items).to(device)
+        self.train_negatives = int(getattr(self.trainer.datamodule, "train_negatives", 10))  # RecDataModule's contract
         self._train_history, self._train_item = tensors.train.history.to(device), tensors.train.item.to(device)
         cohort = self.cohort_size
         if cohort is None:
@@ -356,13 +355,13 @@ class ActorCriticRec(RecModule):
         mine = torch.nonzero(keep).squeeze(1)[rank::world]  # this rank's share of the cohort, by position
 
         with sdpa_kernel(SDPBackend.MATH):  # the math kernel has vmap rules; results match the pooled path
-            losses, rewards, steps, private_delta = self._client_updates(cohort, version, mine, data)
+            losses, rewards, steps, private_grad = self._client_updates(cohort, version, mine, data)
         update = self.server.step()
 
-        if private_delta is not None:
+        if private_grad is not None:  # local steps on the devices; ranks share the simulator's client table
             if dist.is_available() and dist.is_initialized():
-                dist.all_reduce(private_delta)
-            self.clients.private.index_add_(0, cohort, private_delta)
+                dist.all_reduce(private_grad)
+            self.clients.update_private(cohort, private_grad)
         self.clients.advance(cohort[keep], self.local_steps * self.t_max)
         self.clients.download(cohort_info.downloading.to(self.device), self.server.version)
 
@@ -388,10 +387,10 @@ class ActorCriticRec(RecModule):
         return self._scatter_tables(g_other, g_tables, items), g_private, aux
 
     def _client_updates(self, cohort: Tensor, version: Tensor, mine: Tensor, data: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Computes this rank's clients' updates and hands them to the server; returns losses, rewards, steps, private changes."""
+        """Computes this rank's clients' updates and hands them to the server; returns losses, rewards, steps, private gradients."""
         assert self.clients is not None and self.server is not None
         private = self.clients.private
-        private_delta = torch.zeros(cohort.numel(), self.hint_dim, device=self.device) if private is not None else None
+        private_grad = torch.zeros(cohort.numel(), self.hint_dim, device=self.device) if private is not None else None
         losses, rewards, steps = [], [], []
         if self.mode == "a2c_f":  # centralised: one gradient of the pooled loss, clipped as a whole
             part = {k: v[mine] for k, v in self._chunk(data, 0, self.t_max).items()}
@@ -414,16 +413,16 @@ class ActorCriticRec(RecModule):
                         user_vector = private[cohort[chunk]] if private is not None else None
                         gradient, g_private, aux = self._client_gradients(flat, user_vector, part)
                         update = clip_rows(gradient, self.clip_norm)[0]
-                        if private_delta is not None and g_private is not None:
-                            private_delta[chunk] = -self.private_lr * g_private
+                        if private_grad is not None and g_private is not None:
+                            private_grad[chunk] = g_private
                     self.server.receive(update, version[chunk])
                     losses.append(aux["loss"])
                     rewards.append(aux["rewards"].sum(-1))
                     steps.append(aux["steps"])
         if not losses:
             empty = torch.zeros(0, device=self.device)
-            return empty, empty, empty, private_delta
-        return torch.cat([x.reshape(-1) for x in losses]), torch.cat(rewards), torch.cat(steps), private_delta
+            return empty, empty, empty, private_grad
+        return torch.cat([x.reshape(-1) for x in losses]), torch.cat(rewards), torch.cat(steps), private_grad
 
     def _local_training(self, flat: Tensor, data: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """FedAvg clients: `local_steps` clipped SGD steps each from `flat`; returns their model changes `(n, P)`."""

@@ -18,6 +18,17 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*no pre-optimization state was 
 FAST = ["--model.init_args.dim=32", "--model.init_args.lr=0.003", "--model.init_args.num_envs=128"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread (these fits are small, and two threads on a busy 2-core machine run ~30x slower,
+    PITFALLS.md); the process-wide thread count and deterministic flag are restored afterwards."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
 def callbacks(target_every: int = 100, checkpoint: dict | None = None) -> str:
     """`--trainer.callbacks=` with a TargetNetworkUpdate and, when given, a ModelCheckpoint."""
     chosen = [{"class_path": "callbacks.target_update.TargetNetworkUpdate", "init_args": {"every_n_steps": target_every}}]
