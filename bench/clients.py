@@ -5,7 +5,7 @@ is its own): synthetic data with that many users (one client per user; a fixed c
 `ITEMS` Zipf-popular items; lognormal activity, about `MEAN_EVENTS` train events per client), and
 configs/dadrl.yaml's module (`lit_rec.modules.actor_critic.ActorCriticRec`, mode dadrl: sessions
 arrivals, polynomial staleness weights, private user vectors, clamp policy) with the same cohort
-size at every count (`COHORT`, the shipped default for a batch of 256: 256 // t_max), trained under
+size at every count (the shipped one: the config's data batch size // t_max), trained under
 the Lightning Trainer (no logger, checkpoints or validation; StalenessCallback on). Steps/s is the
 steady state after `WARMUP` steps. The counts run in turn, `--rounds` times (interleaved: 1k, 10k,
 100k, 1k, ...); medians per count. torch and Polars on one thread.
@@ -17,16 +17,21 @@ whose Δ does not depend on the client count) is the control that holds the work
 `--both` runs it as well. Each row reports the mean Δ and the distinct versions per step.
 
 Memory: `rss_mb` is the process's peak RSS; `data_mb` the synthetic tensors themselves (they grow
-with the events, not with the federation); `train_peak_mb` the peak after the data were built
-(/proc/self/clear_refs reset); `client_state_bytes` the bytes of per-client state the module holds
-(the Clients table, the arrival model's per-client arrays and the candidate sampler's per-user
-offsets), per client. Progress goes to stderr; the JSON object is the last line of stdout.
+with the events, not with the federation); `rss_after_data_mb` the RSS once they are built (freed
+temporaries handed back with malloc_trim); `train_peak_mb` the peak from then on (VmHWM reset via
+/proc/self/clear_refs) and `training_rss_mb` = train_peak - rss_after_data, what building the
+federation and training add; `client_state_bytes_per_client` the bytes of per-client tensors the
+module holds (the Clients table, the arrival model's per-client arrays, the candidate sampler's
+per-user offsets), of which `private_bytes_per_client` the private user vectors; `sampler_index_mb`
+the candidate sampler's index over distinct (user, item) pairs (it grows with the events, like the data);
+`rss_growth_beyond_data_bytes_per_client` = (peak RSS growth - data growth) / added clients. Progress goes to stderr; the JSON object is the last line of stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import gc
 import json
 import os
@@ -50,10 +55,9 @@ COUNTS = (1_000, 10_000, 100_000)
 ITEMS = 1000
 MEAN_EVENTS = 12
 HISTORY_LEN = 10
-COHORT = 256 // 5  # the shipped default: the data's batch size (256) // t_max (5)
 WARMUP = 3
 TARGET_FLATNESS = 0.15
-SETTINGS = {"quick": {"block": 5, "blocks": 5, "both": False}, "full": {"block": 10, "blocks": 7, "both": True}}
+SETTINGS = {"quick": {"block": 10, "blocks": 5, "both": False}, "full": {"block": 25, "blocks": 7, "both": True}}
 
 
 def log(message: str) -> None:
@@ -77,6 +81,15 @@ def peak_since_reset_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def release_free_memory() -> None:
+    """Collects garbage and hands freed heap pages back to the OS (glibc), so RSS shows live memory."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def reset_peak() -> bool:
@@ -149,6 +162,17 @@ def client_state_bytes(model: Any) -> int:
 PROTOCOL = "@@"  # prefix of the worker's protocol lines on stdout (anything else there is ignored)
 
 
+def shipped_cohort() -> tuple[dict[str, Any], int, int]:
+    """configs/dadrl.yaml's model arguments, its data batch size, and its cohort size (explicit, or batch // (t_max * local_steps))."""
+    import yaml
+
+    spec = yaml.safe_load((ROOT / MODEL_CONFIG).read_text())
+    model = spec["model"]["init_args"]
+    batch = int((spec.get("data") or {}).get("batch_size", 256))
+    cohort = model.get("cohort_size") or max(1, batch // (int(model.get("t_max", 5)) * int(model.get("local_steps", 1))))
+    return model, batch, int(cohort)
+
+
 def worker(num_clients: int, block: int, blocks: int, arrival: str, seed: int) -> None:
     """Trains the shipped DADRL module on `num_clients` synthetic clients, one block of steps per `go` on stdin.
 
@@ -158,7 +182,6 @@ def worker(num_clients: int, block: int, blocks: int, arrival: str, seed: int) -
     """
     import lightning as L
     import torch
-    import yaml
 
     sys.path.insert(0, str(ROOT))
     from callbacks.staleness import StalenessCallback
@@ -176,24 +199,23 @@ def worker(num_clients: int, block: int, blocks: int, arrival: str, seed: int) -
     warnings.filterwarnings("ignore", category=UserWarning)
     rss_imports = rss_now_mb()
     tensors = synthetic_tensors(num_clients, seed)
-    gc.collect()
+    release_free_memory()  # the data's temporaries would otherwise stay in RSS
     rss_data = rss_now_mb()
     peak_reset = reset_peak()
+
+    spec, batch_size, cohort = shipped_cohort()
 
     class Data(L.LightningDataModule):
         """Only paces the loop (DADRL ignores the batches) and exposes the tensors."""
 
-        batch_size = 256
-
         def __init__(self) -> None:
             super().__init__()
-            self.tensors = tensors
+            self.tensors, self.batch_size = tensors, batch_size
 
         def train_dataloader(self) -> ResumableLoader:
             return ResumableLoader(self.tensors.train, self.batch_size, seed)
 
-    spec = yaml.safe_load((ROOT / MODEL_CONFIG).read_text())["model"]["init_args"]
-    spec.update(cohort_size=COHORT, arrival=arrival, seed=seed)
+    spec.update(cohort_size=cohort, arrival=arrival, seed=seed)
     torch.manual_seed(seed)
     model = ActorCriticRec(**spec, num_items=ITEMS, num_users=num_clients, full_ranking=False)
     staleness: list[float] = []
@@ -246,6 +268,8 @@ def worker(num_clients: int, block: int, blocks: int, arrival: str, seed: int) -
         train_peak_mb=peak_since_reset_mb() if peak_reset else None,
         data_mb=tensor_mb(tensors),
         client_state_bytes=client_state_bytes(model),
+        sampler_index_mb=sum(t.numel() * t.element_size() for t in vars(model.negatives).values()
+                             if isinstance(t, torch.Tensor) and t.shape[:1] != (num_clients,)) / 2**20,
         private_bytes=model.clients.private.numel() * model.clients.private.element_size() if model.clients.private is not None else 0,
     )
 
@@ -322,10 +346,14 @@ def summary(rows: dict[int, dict[str, Any]]) -> dict[str, Any]:
         "flatness_cpu": round(abs(1 - cpu_rate[large] / cpu_rate[small]), 4),
         "data_mb": {str(c): round(r["data_mb"], 1) for c, r in rows.items()},
         "train_peak_mb": {str(c): round(r["train_peak_mb"], 1) for c, r in rows.items() if r["train_peak_mb"] is not None},
+        "rss_after_data_mb": {str(c): round(r["rss_after_data_mb"], 1) for c, r in rows.items()},
+        "training_rss_mb": {str(c): round(r["train_peak_mb"] - r["rss_after_data_mb"], 1) for c, r in rows.items()
+                            if r["train_peak_mb"] is not None},
         "rss_growth_mb": round(growth, 1),
         "rss_growth_beyond_data_bytes_per_client": round((growth - data_growth) * 2**20 / (large - small), 1),
         "client_state_bytes_per_client": round(rows[large]["client_state_bytes"] / large, 1),
         "private_bytes_per_client": round(rows[large]["private_bytes"] / large, 1),
+        "sampler_index_mb": {str(c): round(r["sampler_index_mb"], 1) for c, r in rows.items()},
         "mean_staleness": {str(c): round(r["mean_staleness"], 2) for c, r in rows.items()},
         "distinct_versions_per_step": {str(c): round(r["distinct_versions_per_step"], 2) for c, r in rows.items()},
         "events": {str(c): r["events"] for c, r in rows.items()},
@@ -362,7 +390,7 @@ def main() -> None:
         "bench": "clients",
         "model": f"{MODEL_CONFIG} (mode dadrl) with arrival={args.arrival}",
         "data": f"synthetic: {ITEMS} items, ~{MEAN_EVENTS} train events per client",
-        "cohort_size": COHORT,
+        "cohort_size": shipped_cohort()[2],
         "threads": {"torch": THREADS, "polars": THREADS},
         "timing": (f"median of {blocks} blocks of {block} server steps per count after {WARMUP} warm-up steps; the three counts "
                    "run in their own processes, blocks interleaved (1k, 10k, 100k, 1k, ...)"),
