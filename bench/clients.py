@@ -57,7 +57,7 @@ MEAN_EVENTS = 12
 HISTORY_LEN = 10
 WARMUP = 3
 TARGET_FLATNESS = 0.15
-SETTINGS = {"quick": {"block": 10, "blocks": 5, "both": False}, "full": {"block": 25, "blocks": 7, "both": True}}
+SETTINGS = {"quick": {"block": 15, "blocks": 5, "both": False}, "full": {"block": 30, "blocks": 9, "both": True}}
 
 
 def log(message: str) -> None:

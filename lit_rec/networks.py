@@ -115,7 +115,7 @@ class SeqEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, allowed)
         x = self.norm(x)
-        h = torch.zeros(b, self.dim, dtype=x.dtype, device=x.device)
+        h = torch.zeros_like(x[:, 0])  # vmap-safe (DADRL takes per-client gradients)
         for t in range(l):  # L <= history_len steps; PAD steps keep the hidden state unchanged
             h = torch.where(is_item[:, t : t + 1], self.gru(x[:, t], h), h)
         return self.mlp(h)

@@ -163,7 +163,7 @@ class StatisticsModule(RecModule):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.automatic_optimization = False
-        self._step_anchor = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
+        self._step_anchor = torch.nn.Parameter(torch.zeros(0))  # DDP refuses modules without a trainable parameter
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """An optimizer that changes nothing; stepping it advances `global_step`."""
