@@ -71,6 +71,7 @@ def _silence_known_noise() -> None:
     # lightning's pytree helper triggers a torch FutureWarning on every fit (PITFALLS.md)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*Couldn't infer the batch indices.*")
     # manual-optimisation methods checkpoint their post-step state on purpose (that is what resume needs)
     warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
 

@@ -139,6 +139,9 @@ def export(module: nn.Module, out: str | Path) -> torch.jit.ScriptModule:
     """Scripts the module's scoring network into `out` (written atomically) and returns it."""
     network = scoring_network(module)
     frozen = copy.deepcopy(network).eval().requires_grad_(False)  # the artefact never builds autograd graphs
+    for part in frozen.modules():  # training-time hooks (e.g. vmap helpers) are not part of scoring
+        part._forward_pre_hooks.clear()
+        part._forward_hooks.clear()
     artefact = torch.jit.script(ScoringArtefact(frozen))
     meta = {
         "class": f"{type(module).__module__}.{type(module).__qualname__}",

@@ -103,8 +103,8 @@ class SeqEncoder(nn.Module):
         """State (hint) `(B, hint_dim)` of left-padded histories `(B, L)`."""
         assert history.dim() == 2, f"history must be (B, L) item ids, got shape {history.shape}"
         assert not history.is_floating_point(), f"history must hold integer item ids, got {history.dtype}"
-        b, l = history.shape
-        assert l <= self.history_len, f"history length {l} exceeds history_len {self.history_len}"
+        l = history.shape[1]
+        assert 0 < l <= self.history_len, f"history length {l} must be in 1..history_len={self.history_len}"
         is_item = history > 0
         x = self.item_embedding(history) + self.positions[self.history_len - l :]
         x = self.input_drop(x)

@@ -130,6 +130,16 @@ class RecModule(L.LightningModule):
         """Logs `test/ctr@k`, `test/auc`, `test/ndcg@10`, `test/mrr`, ..."""
         self._log_epoch_metrics("test")
 
+    # ------------------------------------------------------------------ predict
+    predict_top_k: int = 10  # recommendations per user from predict_step; PredictionWriter sets its top_k
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Each user's top `predict_top_k` unseen items: `{"user", "items" (B, k), "scores" (B, k)}`."""
+        from lit_rec.recommend import recommend_top_k
+
+        items, scores = recommend_top_k(self, batch, self.predict_top_k, self.tensors)
+        return {"user": batch["user"], "items": items, "scores": scores}
+
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Saves random-number state so a resumed fit draws what the uninterrupted one would."""

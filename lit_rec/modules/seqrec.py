@@ -10,7 +10,6 @@ from torch import Tensor
 
 from lit_rec.modules.base import RecModule
 from lit_rec.networks import QHead, QNetwork, SeqEncoder
-from lit_rec.recommend import recommend_top_k
 from lit_rec.sampling import SeededGenerator, training_candidates
 
 
@@ -22,7 +21,6 @@ class SeqRec(RecModule):
     among the training candidates.
     """
 
-    predict_top_k: int = 10  # recommendations per user from predict_step; PredictionWriter sets its top_k
 
     def __init__(
         self,
@@ -61,6 +59,13 @@ class SeqRec(RecModule):
             encoder = SeqEncoder(self.num_items, dim, history_len, num_layers, num_heads, hint_dim, dropout)
             self.network = QNetwork(encoder, QHead(hint_dim))
 
+    def setup(self, stage: str) -> None:
+        """Checks that the data's states fit the encoder."""
+        super().setup(stage)
+        data_len, model_len = self.tensors.history_len, self.network.encoder.history_len
+        if data_len > model_len:
+            raise ValueError(f"data history_len={data_len} exceeds SeqRec history_len={model_len}: set --model.init_args.history_len={data_len}")
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Cross-entropy of the logged item (column 0) against the sampled negatives."""
         candidates = training_candidates(batch["item"], self.train_negatives, self.num_items, self.rng.generator)
@@ -82,8 +87,3 @@ class SeqRec(RecModule):
     def score_all_items(self, batch: dict[str, Tensor]) -> Tensor:
         """Scores of every item id `(B, num_items + 1)` as one matrix product."""
         return self.network.score_all(batch["history"])
-
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """Each user's top `predict_top_k` unseen items: `{"user", "items" (B, k), "scores" (B, k)}`."""
-        items, scores = recommend_top_k(self, batch, self.predict_top_k, self.tensors)
-        return {"user": batch["user"], "items": items, "scores": scores}

@@ -110,7 +110,7 @@ def test_boundary_shapes_are_checked() -> None:
     net = _q_network()
     with pytest.raises(AssertionError, match=r"history must be \(B, L\)"):
         net.encoder(torch.tensor([1, 2, 3]))
-    with pytest.raises(AssertionError, match="exceeds history_len"):
+    with pytest.raises(AssertionError, match="must be in 1..history_len"):
         net.encoder(torch.ones(2, L + 1, dtype=torch.long))
     with pytest.raises(AssertionError, match="integer item ids"):
         net.encoder(torch.ones(2, L))
