@@ -15,8 +15,8 @@ from lit_rec.sampling import SeededGenerator, training_candidates
 def item_factors_from_interactions(user: Tensor, item: Tensor, num_users: int, num_items: int, rank: int, seed: int) -> Tensor:
     """Item factors `(num_items+1, rank)` from a truncated SVD of the binary train matrix (row 0 = PAD = 0)."""
     values = torch.ones(user.numel())
-    matrix = torch.sparse_coo_tensor(torch.stack([user, item]), values, (num_users, num_items + 1)).coalesce()
-    matrix = torch.sparse_coo_tensor(matrix.indices(), torch.ones_like(matrix.values()), matrix.shape)
+    matrix = torch.sparse_coo_tensor(torch.stack([user, item]), values, (num_users, num_items + 1), check_invariants=True).coalesce()
+    matrix = torch.sparse_coo_tensor(matrix.indices(), torch.ones_like(matrix.values()), matrix.shape, check_invariants=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         _, s, v = torch.svd_lowrank(matrix, q=min(rank, num_items - 1), niter=6)
