@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 # ckpt_path values that Lightning resolves itself (not files on this machine)
 LIGHTNING_CKPT_NAMES = ("best", "last", "hpc")
@@ -86,3 +89,24 @@ def _weights_only_reason(error: Exception) -> str:
 def _first_line(error: object) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside its target, then renames it into place.
+
+    Lightning's default goes through an fsspec transaction whose temporary file lives in the
+    system temp folder, so the final move is a copy (not atomic) when that is another filesystem.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        """Saves `checkpoint` to `path` atomically."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(checkpoint, handle)
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise

@@ -59,7 +59,7 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> LitRecCLI:
         subclass_mode_data=False,
         save_config_callback=LogConfigCallback,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"logger": DEFAULT_LOGGER},
+        trainer_defaults={"logger": DEFAULT_LOGGER, "plugins": [{"class_path": "lit_rec.checkpoints.AtomicCheckpointIO"}]},
         args=args,
         run=run,
     )

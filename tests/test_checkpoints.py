@@ -142,3 +142,23 @@ def test_cli_subprocess_truncated_checkpoint(trained: Path, tmp_path: Path) -> N
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
     )
     _assert_one_line_error(result.returncode, result.stderr, path)
+
+
+def test_atomic_checkpoint_io_keeps_the_old_file_when_a_save_fails(tmp_path, monkeypatch) -> None:
+    from lit_rec.checkpoints import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1}, target)
+    assert torch.load(target, weights_only=True)["global_step"] == 1
+
+    def crash(obj, handle):  # a crash half-way through writing
+        handle.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True)["global_step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary left behind
