@@ -10,6 +10,8 @@ from torch import Tensor
 
 from lit_rec.evaluation import FullRankingMetrics, OnePlusKMetrics, seen_mask_from_csr
 from lit_rec.popularity import PopularityScorer
+from lit_rec.recommend import recommend_top_k
+from lit_rec.sampling import SeededGenerator
 
 DEFAULT_KS = (1, 10, 20, 50, 100)
 
@@ -135,8 +137,6 @@ class RecModule(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Each user's top `predict_top_k` unseen items: `{"user", "items" (B, k), "scores" (B, k)}`."""
-        from lit_rec.recommend import recommend_top_k
-
         items, scores = recommend_top_k(self, batch, self.predict_top_k, self.tensors)
         return {"user": batch["user"], "items": items, "scores": scores}
 
@@ -185,8 +185,6 @@ class StatisticsModule(RecModule):
 
 
 def _generators(module: torch.nn.Module) -> dict[str, Any]:
-    from lit_rec.sampling import SeededGenerator
-
     return {name: value for name, value in vars(module).items() if isinstance(value, SeededGenerator)}
 
 

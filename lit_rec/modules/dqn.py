@@ -173,14 +173,16 @@ class DQN(RecModule):
         """One TD loss on a replay minibatch (DQN or Double-DQN target)."""
         q = self.online.score(batch["history"], batch["candidates"])
         q_taken = q.gather(1, batch["action"][:, None]).squeeze(1)
+        return td_loss(q_taken, self.td_target(self.online, self.target, batch), self.loss_kind)
+
+    def td_target(self, online: QNetwork, target: QNetwork, batch: dict[str, Tensor]) -> Tensor:
+        """The (Double) DQN target `(B,)` of a network pair on a replay minibatch, without gradient."""
         with torch.no_grad():
-            next_q_target = self.target.score(batch["next_history"], batch["next_candidates"])
+            next_q_target = target.score(batch["next_history"], batch["next_candidates"])
             if self.double:
-                next_q_online = self.online.score(batch["next_history"], batch["next_candidates"])
-                target = double_dqn_target(batch["reward"], next_q_online, next_q_target, batch["done"], self.gamma)
-            else:
-                target = dqn_target(batch["reward"], next_q_target, batch["done"], self.gamma)
-        return td_loss(q_taken, target, self.loss_kind)
+                next_q_online = online.score(batch["next_history"], batch["next_candidates"])
+                return double_dqn_target(batch["reward"], next_q_online, next_q_target, batch["done"], self.gamma)
+            return dqn_target(batch["reward"], next_q_target, batch["done"], self.gamma)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """One environment step for every slot, then the TD updates (the data batch only paces the loop)."""

@@ -43,7 +43,7 @@ from lit_rec.functional.distill import (
     listwise_kl,
     weighted_mean,
 )
-from lit_rec.functional.td import double_dqn_target, dqn_target, td_loss
+from lit_rec.functional.td import td_loss
 from lit_rec.modules.dqn import DQN
 from lit_rec.networks import QHead, QNetwork, SeqEncoder
 from lit_rec.sampling import SeededGenerator
@@ -317,15 +317,6 @@ class DRLRecStudent(DQN):
             checkpoint["state_dict"] = {**checkpoint["state_dict"], **own}
 
     # ------------------------------------------------------------------ learning
-    def _td_target(self, online: QNetwork, target: QNetwork, batch: dict[str, Tensor]) -> Tensor:
-        """The (Double) DQN target `(B,)` of a network pair on a replay minibatch, without gradient."""
-        with torch.no_grad():
-            next_q_target = target.score(batch["next_history"], batch["next_candidates"])
-            if self.double:
-                next_q_online = online.score(batch["next_history"], batch["next_candidates"])
-                return double_dqn_target(batch["reward"], next_q_online, next_q_target, batch["done"], self.gamma)
-            return dqn_target(batch["reward"], next_q_target, batch["done"], self.gamma)
-
     def _confidence(self, td_error: Tensor) -> Tensor:
         """Per-state confidence `(B,)`: the callback's formula, else the official batch-max one; 1 when disabled."""
         if not self.use_confidence:
@@ -344,14 +335,14 @@ class DRLRecStudent(DQN):
         q_student, hint_student = self.online(batch["history"], batch["candidates"])
         action = batch["action"][:, None]
         q_taken = q_student.gather(1, action).squeeze(1)
-        terms = {"rl": td_loss(q_taken, self._td_target(self.online, self.target, batch), self.loss_kind)}
+        terms = {"rl": td_loss(q_taken, self.td_target(self.online, self.target, batch), self.loss_kind)}
         if self.teacher is None or self.teacher_target is None:
             return terms
 
         with nullcontext() if self.co_train else torch.no_grad():
             q_teacher, hint_teacher = self.teacher(batch["history"], batch["candidates"])
         q_teacher_taken = q_teacher.gather(1, action).squeeze(1)
-        teacher_target = self._td_target(self.teacher, self.teacher_target, batch)
+        teacher_target = self.td_target(self.teacher, self.teacher_target, batch)
         if self.co_train:
             terms["teacher_rl"] = td_loss(q_teacher_taken, teacher_target, self.loss_kind)
         confidence = self._confidence((teacher_target - q_teacher_taken.detach()).pow(2))
