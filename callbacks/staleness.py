@@ -18,7 +18,8 @@ class StalenessCallback(L.Callback):
     without this callback trains the same. The callback observes: per step it logs
     `staleness/mean`, `staleness/max`, `staleness/weight_mean` of the accepted updates,
     `staleness/dropped_frac` (dropped / reported, cumulative over the run), `federated/updates`
-    (accepted client updates so far) and `federated/clients` (clients reporting this step); every
+    (accepted client updates so far), `federated/clients` (clients reporting this step) and, with
+    differential privacy, `privacy/epsilon` (spent so far at the module's delta); every
     `histogram_every_n_steps` steps it draws the Δ histogram of those steps in W&B (rank 0, only
     when a WandbLogger is attached). Counters and the pending histogram are in `state_dict`, so a
     resumed run continues them. Modules without `federated_stats` are skipped quietly.
@@ -52,6 +53,8 @@ class StalenessCallback(L.Callback):
             "federated/updates": float(self.updates),
             "federated/clients": float(stats["reporting"]),
         }
+        if "epsilon" in stats:  # differential privacy on: the privacy spent so far
+            values["privacy/epsilon"] = float(stats["epsilon"])
         if staleness.numel():
             values.update(
                 {

@@ -1,8 +1,9 @@
 """Simulated federated learning for DADRL: devices (clients), arrival models, and the versioned server."""
 
-from lit_rec.federated.arrivals import ARRIVALS, ArrivalModel, Cohort, ExponentialArrivals, SessionArrivals, SynchronousArrivals, make_arrivals
+from lit_rec.federated.arrivals import ARRIVALS, ArrivalModel, Cohort, ExponentialArrivals, PoissonArrivals, SessionArrivals, SynchronousArrivals, make_arrivals
 from lit_rec.federated.buffer import VersionBuffer
 from lit_rec.federated.clients import Clients
+from lit_rec.federated.privacy import GaussianMechanism
 from lit_rec.federated.server import Server, ServerStep
 
 __all__ = [
@@ -11,6 +12,8 @@ __all__ = [
     "Clients",
     "Cohort",
     "ExponentialArrivals",
+    "GaussianMechanism",
+    "PoissonArrivals",
     "Server",
     "ServerStep",
     "SessionArrivals",

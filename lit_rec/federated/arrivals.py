@@ -16,7 +16,7 @@ from torch import Tensor
 
 from lit_rec.sampling import SeededGenerator
 
-ARRIVALS = ("sessions", "exponential", "synchronous")
+ARRIVALS = ("sessions", "exponential", "synchronous", "poisson")
 
 
 @dataclass
@@ -169,6 +169,27 @@ class ExponentialArrivals(ArrivalModel):
         self.mean_delay, self.slot_client, self.slot_done = (state[k].clone() for k in ("mean_delay", "slot_client", "slot_done"))
 
 
+class PoissonArrivals(ArrivalModel):
+    """Poisson-sampled cohorts: every active client reports independently with probability `sample_rate`.
+
+    The sampling that differential privacy's accountant assumes. `cohort_size` is the expected
+    cohort (sample_rate = cohort_size / active clients). A reporting client downloads the new
+    version, so its next Δ is the number of server steps until it is sampled again (geometric,
+    mean 1 / sample_rate).
+    """
+
+    def __init__(self, events_per_client: Tensor, cohort_size: int, seed: int) -> None:
+        super().__init__(events_per_client, cohort_size, seed)
+        self.active = self.activity > 0
+        self.sample_rate = self.cohort_size / int(self.active.sum())
+
+    def step(self) -> Cohort:
+        """Clients drawn independently; the cohort may be empty (the server step still happens)."""
+        draws = torch.rand(self.activity.numel(), generator=self.rng.generator, dtype=torch.float64)
+        cohort = torch.nonzero((draws < self.sample_rate) & self.active).squeeze(1)
+        return Cohort(reporting=cohort, downloading=cohort)
+
+
 def make_arrivals(kind: str, events_per_client: Tensor, cohort_size: int, seed: int, concurrency: int = 0, delay_spread: float = 1.0) -> ArrivalModel:
     """Builds one of `ARRIVALS`."""
     if kind == "sessions":
@@ -177,4 +198,6 @@ def make_arrivals(kind: str, events_per_client: Tensor, cohort_size: int, seed: 
         return ExponentialArrivals(events_per_client, cohort_size, seed, concurrency, delay_spread)
     if kind == "synchronous":
         return SynchronousArrivals(events_per_client, cohort_size, seed)
+    if kind == "poisson":
+        return PoissonArrivals(events_per_client, cohort_size, seed)
     raise ValueError(f"arrival must be one of {ARRIVALS}, got {kind!r}")

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from lit_rec.federated.buffer import VersionBuffer
+from lit_rec.federated.privacy import GaussianMechanism
 from lit_rec.functional.staleness import staleness_weight
 
 
@@ -43,6 +44,7 @@ class Server:
         weighting: str = "constant",
         weight_a: float = 0.5,
         weight_b: float = 4.0,
+        privacy: GaussianMechanism | None = None,
     ) -> None:
         """Args:
         parameters: the global model's parameters (updated in place).
@@ -52,11 +54,14 @@ class Server:
         weighting: staleness weighting (`lit_rec.functional.staleness.WEIGHTINGS`).
         weight_a: exponent (polynomial) or slope (hinge) of the weighting.
         weight_b: hinge point b of the hinge weighting.
+        privacy: with a mechanism, every step applies its noisy mean of the weighted sum (fixed
+            denominator, step size not rescaled: the count must not leak), even for an empty cohort.
         """
         self.parameters = list(parameters)
         self._apply_step = apply_step
         self.max_staleness = max_staleness
         self.weighting, self.weight_a, self.weight_b = weighting, weight_a, weight_b
+        self.privacy = privacy
         staleness_weight(torch.zeros(1), weighting)  # fail early on an unknown name
         reference = self.parameters[0]
         self.num_params = sum(p.numel() for p in self.parameters)
@@ -112,26 +117,41 @@ class Server:
         weighted_sum, weight_total, count = packed[:-2], float(packed[-2]), int(round(float(packed[-1])))
         self._weighted_sum.zero_()
         self._weight_total, self._count = 0.0, 0
+        if self.privacy is not None:
+            self._set_gradients(self.privacy.privatise(weighted_sum))
+            self._apply_step(1.0)
+            self.buffer.push(self.flat_parameters())
+            return ServerStep(updates=count, lr_scale=1.0, version=self.version)
         if count == 0 or weight_total <= 0.0:
             for p in self.parameters:
                 p.grad = None  # the optimiser skips them; its step still advances global_step
             self._apply_step(0.0)
             return ServerStep(updates=0, lr_scale=0.0, version=self.version)
-        gradient = weighted_sum / weight_total
-        offset = 0
-        for p in self.parameters:
-            p.grad = gradient[offset : offset + p.numel()].view_as(p).clone()
-            offset += p.numel()
+        self._set_gradients(weighted_sum / weight_total)
         lr_scale = weight_total / count
         self._apply_step(lr_scale)
         self.buffer.push(self.flat_parameters())
         return ServerStep(updates=count, lr_scale=lr_scale, version=self.version)
 
+    def _set_gradients(self, gradient: Tensor) -> None:
+        """Writes a flat gradient `(P,)` into the parameters' `.grad`."""
+        offset = 0
+        for p in self.parameters:
+            p.grad = gradient[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """The version ring buffer (the parameters themselves are in the module's state_dict)."""
-        return {"buffer": self.buffer.state_dict()}
+        """The version ring buffer and the privacy mechanism (the parameters are in the module's state_dict)."""
+        state: dict[str, Any] = {"buffer": self.buffer.state_dict()}
+        if self.privacy is not None:
+            state["privacy"] = self.privacy.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores what `state_dict` returned."""
         self.buffer.load_state_dict(state["buffer"])
+        if self.privacy is not None:
+            if "privacy" not in state:
+                raise ValueError("Server: checkpoint has no privacy state (differential privacy was off when it was saved)")
+            self.privacy.load_state_dict(state["privacy"])

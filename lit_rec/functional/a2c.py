@@ -54,6 +54,38 @@ def a2c_loss(
     return loss, {"policy": policy, "value": value, "entropy": entropy}
 
 
+def expected_a2c_loss(
+    logits: Tensor,
+    candidate_rewards: Tensor,
+    values: Tensor,
+    bootstrap: Tensor,
+    mask: Tensor,
+    gamma: float,
+    value_coef: float = 0.5,
+    entropy_coef: float = 0.01,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """A2C loss per trajectory `(...,)` with the policy gradient summed over every candidate (Mean Actor-Critic).
+
+    In offline replay the reward of every candidate is known (`candidate_rewards (..., T, C)`) and
+    an action does not change later states, so `Q(s_t, a) = r_t(a) + γ G_{t+1}` for every `a`, where
+    `G` are n-step returns of the policy's expected rewards `Σ_a π(a|s) r(a)` bootstrapped from
+    `bootstrap (...,)`. The policy term is `-Σ_a π(a|s_t) (Q(s_t, a) - V(s_t))` (advantage
+    detached): the exact expectation of the sampled-action term, without its sampling noise.
+    The critic regresses `V(s_t)` on `G_t`. Returns the loss and its parts (`policy`, `value`, `entropy`).
+    """
+    log_probs = F.log_softmax(logits, dim=-1)
+    probs = log_probs.exp()
+    expected_reward = (probs.detach() * candidate_rewards).sum(-1)
+    returns = nstep_returns(expected_reward, bootstrap, mask, gamma)
+    future = returns - expected_reward  # γ G_{t+1}: the same whatever is chosen at t
+    advantage = candidate_rewards + (future - values).unsqueeze(-1)
+    policy = masked_mean(-(probs * advantage.detach()).sum(-1), mask)
+    value = masked_mean(0.5 * (returns - values).pow(2), mask)
+    entropy = masked_mean(-(probs * log_probs).sum(-1), mask)
+    loss = policy + value_coef * value - entropy_coef * entropy
+    return loss, {"policy": policy, "value": value, "entropy": entropy}
+
+
 def gumbel_actions(logits: Tensor, gumbel: Tensor) -> Tensor:
     """Samples from softmax(logits) with given standard Gumbel noise (Gumbel-max), `(..., C) -> (...)`."""
     return (logits.detach() + gumbel).argmax(dim=-1)

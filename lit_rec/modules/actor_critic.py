@@ -42,8 +42,8 @@ from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lit_rec.envs import ExcludedItemSampler
-from lit_rec.federated import ArrivalModel, Clients, Server, make_arrivals
-from lit_rec.functional.a2c import a2c_loss, clip_rows, clip_scale, gumbel_actions, nstep_returns, standard_gumbel
+from lit_rec.federated import ArrivalModel, Clients, GaussianMechanism, Server, make_arrivals
+from lit_rec.functional.a2c import a2c_loss, clip_rows, expected_a2c_loss, clip_scale, gumbel_actions, nstep_returns, standard_gumbel
 from lit_rec.functional.staleness import resolve_stale_versions, staleness_weight
 from lit_rec.modules.base import RecModule
 from lit_rec.networks import ActorCritic, ActorHead, CriticHead, SeqEncoder
@@ -101,6 +101,7 @@ class ActorCriticRec(RecModule):
         mode: Literal["dadrl", "a2c_f", "a2c_d"] = "dadrl",
         t_max: int = 5,
         gamma: float = 0.9,
+        policy_gradient: Literal["sampled", "expected"] = "sampled",
         value_coef: float = 0.5,
         entropy_coef: float = 0.01,
         clip_norm: float = 5.0,
@@ -109,7 +110,7 @@ class ActorCriticRec(RecModule):
         cohort_size: int | None = None,
         personalization: bool | None = None,
         private_lr: float = 0.1,
-        arrival: Literal["sessions", "exponential", "synchronous"] | None = None,
+        arrival: Literal["sessions", "exponential", "synchronous", "poisson"] | None = None,
         concurrency: int = 0,
         delay_spread: float = 1.0,
         weighting: Literal["constant", "polynomial", "hinge", "fedbuff"] = "polynomial",
@@ -120,6 +121,8 @@ class ActorCriticRec(RecModule):
         local_steps: int = 1,
         client_lr: float = 0.05,
         client_chunk: int = 64,
+        dp_noise_multiplier: float = 0.0,
+        dp_delta: float = 1e-5,
         history_len: int = 10,
         dim: int = 64,
         num_layers: int = 1,
@@ -133,6 +136,9 @@ class ActorCriticRec(RecModule):
         mode: `dadrl` (asynchronous, staleness-weighted), `a2c_f` (centralised) or `a2c_d` (FedAvg).
         t_max: events a client replays per rollout (n-step horizon).
         gamma: discount factor.
+        policy_gradient: `sampled`: the classic A2C term on the action the client sampled;
+            `expected`: summed over every candidate with its known replay reward (Mean
+            Actor-Critic; the same expectation without the sampling noise).
         value_coef: weight of the value loss.
         entropy_coef: weight of the entropy bonus.
         clip_norm: clip each client's gradient (a2c_f: the pooled gradient) to this L2 norm.
@@ -142,7 +148,8 @@ class ActorCriticRec(RecModule):
             so an epoch is about one pass over the train events.
         personalization: private user vectors on the clients; None: on for dadrl, off otherwise.
         private_lr: step size of the clients' local SGD on their private vectors.
-        arrival: `sessions`, `exponential` or `synchronous`; None: sessions for dadrl
+        arrival: `sessions`, `exponential`, `synchronous` or `poisson` (each client independently
+            with probability cohort_size / clients: what differential privacy needs); None: sessions for dadrl
             (a2c_f and a2c_d are synchronous).
         concurrency: devices training at once with exponential arrivals (0: 4 x cohort_size).
         delay_spread: log-normal spread of the devices' mean delays (exponential arrivals).
@@ -155,6 +162,11 @@ class ActorCriticRec(RecModule):
         local_steps: local steps per client and round (a2c_d only; others use 1).
         client_lr: local SGD step size (a2c_d).
         client_chunk: clients whose gradients are held at once (bounds memory to chunk x model).
+        dp_noise_multiplier: > 0 turns on user-level differential privacy (dadrl with `poisson`
+            arrivals): each client's update is clipped to `clip_norm`, the server adds Gaussian
+            noise of std `dp_noise_multiplier * clip_norm` to their sum, and opacus's RDP
+            accountant logs `privacy/epsilon` at `dp_delta`.
+        dp_delta: the δ at which epsilon is reported.
         history_len: items in a state; must equal the data's `history_len`.
         dim: width of the encoder's embeddings, Transformer and GRU.
         num_layers: causal Transformer blocks.
@@ -170,11 +182,21 @@ class ActorCriticRec(RecModule):
         arrival = ("sessions" if mode == "dadrl" else "synchronous") if arrival is None else arrival
         if mode != "dadrl" and (personalization or arrival != "synchronous"):
             raise ValueError(f"mode {mode} is synchronous without private parameters: got personalization={personalization}, arrival={arrival}")
+        if dp_noise_multiplier < 0:
+            raise ValueError(f"dp_noise_multiplier must be >= 0, got {dp_noise_multiplier}")
+        if dp_noise_multiplier > 0 and (mode != "dadrl" or arrival != "poisson"):
+            raise ValueError(
+                "differential privacy needs mode dadrl with arrival: poisson (the accountant assumes Poisson-sampled cohorts), "
+                f"got mode={mode}, arrival={arrival}"
+            )
         if mode != "a2c_d" and local_steps != 1:
             raise ValueError(f"local_steps applies to a2c_d only (FedAvg), got {local_steps} with mode {mode}")
         self.save_hyperparameters(ignore=["num_items", "num_users", "eval_ks", "full_ranking", "eval_chunk_size"])
         self.automatic_optimization = False
         self.mode, self.personalization, self.arrival_kind = mode, personalization, arrival
+        if policy_gradient not in ("sampled", "expected"):
+            raise ValueError(f"policy_gradient must be 'sampled' or 'expected', got {policy_gradient!r}")
+        self.policy_gradient = policy_gradient
         self.t_max, self.gamma, self.value_coef, self.entropy_coef, self.clip_norm = t_max, gamma, value_coef, entropy_coef, clip_norm
         self.lr, self.server_optimizer, self.cohort_size = lr, server_optimizer, cohort_size
         self.private_lr, self.concurrency, self.delay_spread = private_lr, concurrency, delay_spread
@@ -182,6 +204,7 @@ class ActorCriticRec(RecModule):
         self.max_staleness, self.stale_policy = max_staleness, stale_policy
         self.local_steps, self.client_lr, self.client_chunk = local_steps, client_lr, client_chunk
         self.history_len, self.hint_dim, self.seed = history_len, hint_dim, seed
+        self.dp_noise_multiplier, self.dp_delta = dp_noise_multiplier, dp_delta
         with torch.random.fork_rng(devices=[]):  # the initialisation depends on `seed` only
             torch.manual_seed(seed)
             encoder = SeqEncoder(self.num_items, dim, history_len, num_layers, num_heads, hint_dim, dropout)
@@ -223,7 +246,14 @@ class ActorCriticRec(RecModule):
             batch = getattr(self.trainer.datamodule, "batch_size", 256)
             cohort = max(1, batch // (self.t_max * self.local_steps))
         self.arrivals = make_arrivals(self.arrival_kind, self.clients.lengths, cohort, self.seed + 2, self.concurrency, self.delay_spread)
-        self.server = Server(list(self.policy.parameters()), self._apply_server_step, self.max_staleness, self.weighting, self.weight_a, self.weight_b)
+        privacy = None
+        if self.dp_noise_multiplier > 0:
+            rate = self.arrivals.sample_rate  # PoissonArrivals (checked in __init__)
+            expected = rate * int((self.clients.lengths > 0).sum())
+            privacy = GaussianMechanism(self.dp_noise_multiplier, self.clip_norm, rate, expected, self.dp_delta, self.seed + 3)
+        self.server = Server(
+            list(self.policy.parameters()), self._apply_server_step, self.max_staleness, self.weighting, self.weight_a, self.weight_b, privacy
+        )
         if self._pending_state is not None:
             self.clients.load_state_dict(self._pending_state["clients"])
             self.arrivals.load_state_dict(self._pending_state["arrivals"])
@@ -294,8 +324,12 @@ class ActorCriticRec(RecModule):
         t = logits.shape[1]
         mask = data["valid"][:, :t]
         bootstrap = values[:, t].detach() * data["valid"][:, t]  # 0 after the user's last event: terminal
-        returns = nstep_returns(rewards, bootstrap, mask, self.gamma)
-        loss, parts = a2c_loss(logits, actions, values[:, :t], returns, mask, self.value_coef, self.entropy_coef)
+        if self.policy_gradient == "expected":
+            candidate_rewards = (torch.arange(logits.shape[-1], device=logits.device) == 0).to(logits.dtype).expand_as(logits)
+            loss, parts = expected_a2c_loss(logits, candidate_rewards, values[:, :t], bootstrap, mask, self.gamma, self.value_coef, self.entropy_coef)
+        else:
+            returns = nstep_returns(rewards, bootstrap, mask, self.gamma)
+            loss, parts = a2c_loss(logits, actions, values[:, :t], returns, mask, self.value_coef, self.entropy_coef)
         return loss, {"loss": loss, "rewards": rewards * mask, "steps": mask.float().sum(-1), **parts}
 
     def _per_client_gradients(
@@ -350,7 +384,7 @@ class ActorCriticRec(RecModule):
         if self.arrivals.synchronous:
             self.clients.download(cohort, latest)
         version, keep = resolve_stale_versions(self.clients.version[cohort], latest, self.max_staleness, self.stale_policy)
-        data = self._rollout_data(cohort)
+        data = self._rollout_data(cohort) if cohort.numel() > 0 else {}
         rank, world = self.global_rank, self.trainer.world_size
         mine = torch.nonzero(keep).squeeze(1)[rank::world]  # this rank's share of the cohort, by position
 
@@ -374,6 +408,8 @@ class ActorCriticRec(RecModule):
             "updates": update.updates,
             "lr_scale": update.lr_scale,
         }
+        if self.server.privacy is not None:
+            self.federated_stats["epsilon"] = self.server.privacy.epsilon
         events = int(steps.sum())
         if events > 0:
             self.log("train/loss", losses.mean(), on_step=True, on_epoch=False, prog_bar=True)

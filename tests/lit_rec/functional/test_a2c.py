@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from lit_rec.functional.a2c import a2c_loss, clip_rows, gumbel_actions, masked_mean, nstep_returns, standard_gumbel
+from lit_rec.functional.a2c import a2c_loss, clip_rows, expected_a2c_loss, gumbel_actions, masked_mean, nstep_returns, standard_gumbel
 
 
 def test_nstep_returns_bootstrap_from_the_last_state():
@@ -67,3 +67,35 @@ def test_clip_rows_scales_only_rows_above_the_norm():
     clipped, norms = clip_rows(rows, 1.0)
     assert torch.allclose(norms, torch.tensor([5.0, 0.5]))
     assert torch.allclose(clipped, torch.tensor([[0.6, 0.8], [0.3, 0.4]]), atol=1e-6)
+
+
+def test_expected_policy_gradient_is_the_mean_of_the_sampled_one_over_actions():
+    """Summed over candidates with their known rewards, the policy term's gradient equals Σ_a π(a) ∇(sampled term for a)."""
+    torch.manual_seed(0)
+    logits = torch.randn(1, 1, 4, requires_grad=True)
+    values = torch.tensor([[0.3]])
+    rewards = torch.tensor([[[1.0, 0.0, 0.0, 0.0]]])
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    bootstrap = torch.tensor([0.7])
+    loss, _ = expected_a2c_loss(logits, rewards, values, bootstrap, mask, gamma=0.5, value_coef=0.0, entropy_coef=0.0)
+    (expected_grad,) = torch.autograd.grad(loss.sum(), logits)
+    probs = logits.detach().softmax(-1)
+    mean_grad = torch.zeros_like(logits)
+    for a in range(4):
+        returns = rewards[..., a] + 0.5 * bootstrap  # Q(s, a): the next state is the same whatever is chosen
+        sampled, _ = a2c_loss(logits, torch.tensor([[a]]), values, returns, mask, value_coef=0.0, entropy_coef=0.0)
+        (g,) = torch.autograd.grad(sampled.sum(), logits)
+        mean_grad += probs[0, 0, a] * g
+    assert torch.allclose(expected_grad, mean_grad, atol=1e-6)
+    # and it raises the positive's probability
+    assert expected_grad[0, 0, 0] < 0 and (expected_grad[0, 0, 1:] > 0).all()
+
+
+def test_expected_a2c_critic_regresses_on_returns_of_expected_rewards():
+    logits = torch.zeros(1, 2, 2)  # pi = 1/2 each: expected reward 1/2 per step
+    rewards = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    values = torch.zeros(1, 2)
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    loss, parts = expected_a2c_loss(logits, rewards, values, torch.tensor([1.0]), mask, gamma=0.5, value_coef=1.0, entropy_coef=0.0)
+    # G1 = 0.5 + 0.5 * 1 = 1, G0 = 0.5 + 0.5 * 1 = 1: value = 0.5 * mean(1, 1) = 0.5
+    assert math.isclose(parts["value"].item(), 0.5, rel_tol=1e-6)

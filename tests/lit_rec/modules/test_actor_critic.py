@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import copy
 from pathlib import Path
 
@@ -161,6 +162,20 @@ def test_other_configurations_fit(tmp_path, name, extra):
         assert float(model.federated_stats["staleness"].max()) == 0
     else:
         assert cli.trainer.callback_metrics["staleness/dropped_frac"] > 0
+
+
+def test_differential_privacy_logs_the_epsilon_spent(tmp_path):
+    pytest.importorskip("opacus", reason="differential privacy needs the optional extra opacus")
+    cli = fit(tmp_path, "--trainer.max_steps=6", "--trainer.limit_val_batches=1", "--model.init_args.arrival=poisson",
+              "--model.init_args.dp_noise_multiplier=1.0")
+    epsilon = float(cli.trainer.callback_metrics["privacy/epsilon"])
+    assert 0 < epsilon < math.inf
+    assert cli.model.server.privacy.accountant.history[-1][-1] == 6  # one accounted round per server step
+
+
+def test_differential_privacy_refuses_non_poisson_cohorts(tmp_path):
+    with pytest.raises(ValueError, match="arrival: poisson"):
+        fit(tmp_path, "--trainer.max_steps=1", "--model.init_args.dp_noise_multiplier=1.0")
 
 
 def test_resume_from_a_mid_epoch_checkpoint_ends_identically(tmp_path):
