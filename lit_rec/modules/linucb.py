@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lit_rec.distributed import all_gather_rows
 from lit_rec.functional.linucb import linucb_features, sherman_morrison_update, ucb_scores
 from lit_rec.modules.base import StatisticsModule
 from lit_rec.sampling import SeededGenerator, training_candidates
@@ -103,12 +104,8 @@ class LinUCB(StatisticsModule):
         choice = ucb_scores(features, self.theta, self.a_inv, self.alpha).argmax(dim=1)
         reward = (choice == 0).double()
         chosen = features[torch.arange(features.shape[0], device=self.device), choice]
-        if self.trainer.world_size > 1:
-            # every rank applies the same global update: rank-ordered concatenation of all shards
-            chosen = self.all_gather(chosen).reshape(-1, chosen.shape[-1])
-            reward_all = self.all_gather(reward).reshape(-1)
-        else:
-            reward_all = reward
+        # every rank applies the same global update: rank-ordered concatenation of all shards
+        chosen, reward_all = all_gather_rows(self, chosen), all_gather_rows(self, reward)
         self.a_inv.copy_(sherman_morrison_update(self.a_inv, chosen))
         self.b.add_(chosen.T @ reward_all)
         self.log_train_ctr(reward, batch["item"].numel())

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lit_rec.distributed import all_gather_rows
 from lit_rec.modules.base import StatisticsModule
 from lit_rec.sampling import SeededGenerator, training_candidates
 
@@ -26,9 +27,7 @@ class Popularity(StatisticsModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """Picks among the positive and random items by count, then adds the batch's clicks."""
-        items = batch["item"]
-        if self.trainer.world_size > 1:
-            items = self.all_gather(items).reshape(-1)
+        items = all_gather_rows(self, batch["item"])  # every rank counts every rank's clicks
         # The learned counts only: one pass over the train split reproduces item_popularity.
         candidates = training_candidates(batch["item"], self.train_negatives, self.num_items, self.rng.generator)
         choice = self.counts[candidates].argmax(dim=1)  # the policy's own pick, before this batch is counted
