@@ -50,6 +50,12 @@ class VersionBuffer:
             raise KeyError(f"version {version} is not stored (buffer holds {self.oldest}..{self.latest})")
         return self.rows[version % self.capacity]
 
+    def get_many(self, versions: Tensor) -> Tensor:
+        """The stored vectors `(n, P)` of `versions (n,)` (a gather, not n copies made one by one); KeyError if any left the buffer."""
+        if versions.numel() and (int(versions.min()) < self.oldest or int(versions.max()) > self.latest or self.latest < 0):
+            raise KeyError(f"versions {versions.tolist()} are not all stored (buffer holds {self.oldest}..{self.latest})")
+        return self.rows[versions.to(self.rows.device) % self.capacity]
+
     def state_dict(self) -> dict[str, Any]:
         """The stored rows and the latest version number."""
         return {"rows": self.rows.clone(), "latest": self.latest}

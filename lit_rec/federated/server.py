@@ -90,8 +90,10 @@ class Server:
         """The current global parameters as one vector `(P,)`."""
         return torch.cat([p.detach().reshape(-1) for p in self.parameters])
 
-    def parameters_at(self, version: int) -> Tensor:
-        """The flat parameters `(P,)` of a stored version: a client's downloaded copy."""
+    def parameters_at(self, version: int | Tensor) -> Tensor:
+        """The flat parameters `(P,)` of a stored version (a client's downloaded copy), or `(n, P)` of versions `(n,)`."""
+        if isinstance(version, Tensor):
+            return self.buffer.get_many(version)
         return self.buffer.get(version)
 
     # ------------------------------------------------------------------ updates

@@ -416,10 +416,15 @@ class ActorCriticRec(RecModule):
             self.log_train_ctr(rewards.sum() / steps.sum(), events)
 
     def _client_gradients(self, flat: Tensor, private: Tensor | None, data: dict[str, Tensor]) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
-        """Each client's (unclipped) gradient `(n, P)` on version `flat`, and of its private vector `(n, d)`."""
+        """Each client's (unclipped) gradient `(n, P)` on its version, and of its private vector `(n, d)`.
+
+        `flat` is one version `(P,)` shared by every client, or each client's own `(n, P)`.
+        """
         other, embedding = self._split(flat)
         items, local = self._localise(data)
-        g_other, g_tables, g_private, aux = self._per_client_gradients(other, embedding[items], private, local)
+        batched = flat.dim() == 2
+        tables = embedding[torch.arange(items.shape[0], device=items.device).unsqueeze(1), items] if batched else embedding[items]
+        g_other, g_tables, g_private, aux = self._per_client_gradients(other, tables, private, local, batched_params=batched)
         return self._scatter_tables(g_other, g_tables, items), g_private, aux
 
     def _client_updates(self, cohort: Tensor, version: Tensor, mine: Tensor, data: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -438,11 +443,16 @@ class ActorCriticRec(RecModule):
                 self.server.receive(clip_rows(gradient, self.clip_norm)[0], version[mine[:1]])
                 losses, rewards, steps = [aux["loss"]], [aux["rewards"].sum(-1)], [aux["steps"]]
         else:
-            for v in torch.unique(version[mine]).tolist():  # one batched call per distinct version
-                group = mine[version[mine] == v]
-                flat = self.server.parameters_at(v)
+            versions = torch.unique(version[mine])
+            # one vmapped call per chunk of clients: on their shared version, or (several stale
+            # versions: asynchronous arrivals) each on its own copy, so the cost of a step does
+            # not grow with the number of distinct versions in the cohort
+            per_client = self.mode == "dadrl" and versions.numel() > 1
+            groups = [mine] if per_client else [mine[version[mine] == v] for v in versions.tolist()]
+            for group in groups:
                 for chunk in torch.split(group, self.client_chunk):
                     part = {k: t[chunk] for k, t in data.items()}
+                    flat = self.server.parameters_at(version[chunk] if per_client else int(version[chunk[0]]))
                     if self.mode == "a2c_d":
                         update, aux = self._local_training(flat, part)
                     else:
