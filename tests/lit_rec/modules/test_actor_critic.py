@@ -104,6 +104,26 @@ def test_a_fresh_cohort_with_constant_weights_reproduces_a_synchronous_a2c_updat
     assert torch.equal(server.parameters_at(1), server.flat_parameters())
 
 
+@pytest.mark.parametrize("policy_gradient", ["sampled", "expected"])
+def test_clients_on_different_stale_versions_get_the_gradients_of_their_own_copies(policy_gradient):
+    """One vmapped call over each client's own version equals computing each version's group apart."""
+    module = ActorCriticRec(num_items=30, num_users=6, policy_gradient=policy_gradient, history_len=5, dim=16, hint_dim=8)
+    module.double()
+    data = _rollouts()
+    data["gumbel"] = data["gumbel"].double()
+    flat = torch.cat([p.detach().reshape(-1) for p in module.policy.parameters()])
+    versions = torch.stack([flat, flat + 0.01 * torch.randn(flat.shape, generator=torch.Generator().manual_seed(1), dtype=flat.dtype)])
+    owner = torch.tensor([0, 1, 1, 0, 1, 0])
+    private = torch.randn(6, 8, dtype=torch.float64)
+    with sdpa_kernel(SDPBackend.MATH):
+        together, private_together, _ = module._client_gradients(versions[owner], private, data)
+        for v in (0, 1):
+            rows = torch.nonzero(owner == v).squeeze(1)
+            apart, private_apart, _ = module._client_gradients(versions[v], private[rows], {k: t[rows] for k, t in data.items()})
+            assert torch.allclose(together[rows], apart, rtol=1e-9, atol=1e-12)
+            assert torch.allclose(private_together[rows], private_apart, rtol=1e-9, atol=1e-12)
+
+
 # ---------------------------------------------------------------------- end to end
 def _spy_on_server(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     sent: list[tuple] = []
