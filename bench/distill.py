@@ -34,8 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lit_rec.cli import make_cli  # noqa: E402
-from lit_rec.export import export  # noqa: E402
-from lit_rec.modules.drlrec import num_parameters, scoring_latency_ms  # noqa: E402
+from lit_rec.modules.drlrec import num_parameters, serving_latency_ms  # noqa: E402
 
 THREADS = 1
 SETTINGS = {
@@ -72,12 +71,7 @@ def run_config(config: str, work: Path, data: dict[str, Any], steps: int, seed: 
 
 def latency(teacher: Any, student: Any, work: Path, repeats: int) -> dict[str, float]:
     """Median ms to score 1000 candidates for one request: eager modules and `lit_rec.export` artefacts, the four in turn."""
-    networks: dict[str, torch.nn.Module] = {"teacher": teacher.online, "student": student.online}
-    for role, module in (("teacher", teacher), ("student", student)):
-        export(module, work / f"{role}.pt")
-        networks[f"{role}_artefact"] = torch.jit.load(str(work / f"{role}.pt"))
-    # CPU time of this (single) thread: other processes on a shared machine do not inflate it
-    return scoring_latency_ms(networks, student.num_items, student.history_len, 1000, repeats, clock=time.thread_time)
+    return serving_latency_ms(teacher, student, work, repeats)
 
 
 def summarise(results: dict[str, list[dict[str, float]]], ks: list[int]) -> dict[str, float]:

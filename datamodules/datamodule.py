@@ -79,7 +79,9 @@ class RecDataModule(L.LightningDataModule):
         synthetic_taste_dim: int = 16,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # logger=False: Lightning would refuse to log a module whose argument shares a name but not the value
+        # (SeqRec's train_negatives 50 vs 10 here); the CLI logs the whole resolved config (LogConfigCallback)
+        self.save_hyperparameters(logger=False)
         self.format, self.path, self.split = format, path, split
         self.history_len, self.eval_ks, self.train_negatives = history_len, list(eval_ks), train_negatives
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers

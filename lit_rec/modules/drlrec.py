@@ -30,6 +30,7 @@ import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -115,6 +116,23 @@ def scoring_latency_ms(
         for name, mode in modes.items():
             networks[name].train(mode)
     return {name: 1000.0 * statistics.median(values) for name, values in times.items()}
+
+
+def serving_latency_ms(teacher: DQN, student: DQN, workdir: str | Path, repeats: int = 200) -> dict[str, float]:
+    """Median ms to score 1000 candidates for one request: `teacher`, `student` (eager online networks) and
+    `teacher_artefact`, `student_artefact` (their `lit_rec.export` TorchScript files, written to `workdir`).
+
+    The four are interleaved and timed on this thread's CPU time (`time.thread_time`), so other processes on
+    a shared machine do not inflate the figures when torch runs one thread.
+    """
+    from lit_rec.export import export  # lit_rec.export loads modules by class path: imported late
+
+    networks: dict[str, nn.Module] = {"teacher": teacher.online, "student": student.online}
+    for role, module in (("teacher", teacher), ("student", student)):
+        path = Path(workdir) / f"{role}.pt"
+        export(module, path)
+        networks[f"{role}_artefact"] = torch.jit.load(str(path))
+    return scoring_latency_ms(networks, student.num_items, student.history_len, 1000, repeats, clock=time.thread_time)
 
 
 LOGGED_TERMS = {
