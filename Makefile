@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) train.py fit --config configs/default.yaml
+	$(PY) train.py fit --config configs/dadrl.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest
