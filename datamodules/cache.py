@@ -11,10 +11,12 @@ import shutil
 import uuid
 from pathlib import Path
 
+import numpy as np
 import polars as pl
+import torch
 
 from datamodules import pipeline, readers
-from datamodules.pipeline import PIPELINE_VERSION, PipelineConfig, Prepared
+from datamodules.pipeline import PIPELINE_VERSION, TEST, VAL, PipelineConfig, Prepared
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ def write_cache(prepared: Prepared, folder: Path, config: PipelineConfig) -> Non
     temp.mkdir()
     try:
         prepared.events.write_parquet(temp / "events.parquet")
-        prepared.negatives.write_parquet(temp / "negatives.parquet")
+        negatives_frame(prepared).write_parquet(temp / "negatives.parquet")
         pl.DataFrame({"id": prepared.user_ids}).write_parquet(temp / "users.parquet")
         pl.DataFrame({"id": prepared.item_ids}).write_parquet(temp / "items.parquet")
         meta = {
@@ -72,11 +74,31 @@ def write_cache(prepared: Prepared, folder: Path, config: PipelineConfig) -> Non
 def read_cache(folder: Path) -> Prepared:
     """Loads one cache entry."""
     meta = json.loads((folder / "meta.json").read_text())
+    events = pl.read_parquet(folder / "events.parquet")
+    k = int(meta["num_negatives"])
     return Prepared(
-        events=pl.read_parquet(folder / "events.parquet"),
-        negatives=pl.read_parquet(folder / "negatives.parquet"),
+        events=events,
+        negatives=negatives_from_frame(pl.read_parquet(folder / "negatives.parquet"), events, k),
         user_ids=pl.read_parquet(folder / "users.parquet")["id"],
         item_ids=pl.read_parquet(folder / "items.parquet")["id"],
         dropped={str(k): int(v) for k, v in meta["dropped"].items()},
-        num_negatives=int(meta["num_negatives"]),
+        num_negatives=k,
     )
+
+
+def negatives_frame(prepared: Prepared) -> pl.DataFrame:
+    """The frozen negatives as the long frame the cache stores: `event` (row of `events`), `negative`;
+    val then test, each in event order (one column each: Parquet reads it ~8x faster than an Array column)."""
+    split = prepared.events["split"].to_numpy()
+    k = prepared.num_negatives
+    event = np.concatenate([np.repeat(np.flatnonzero(split == code), k) for code in (VAL, TEST)])
+    values = torch.cat([prepared.negatives[code].reshape(-1) for code in (VAL, TEST)]).numpy()
+    return pl.DataFrame({"event": event.astype(np.int64), "negative": values})
+
+
+def negatives_from_frame(frame: pl.DataFrame, events: pl.DataFrame, k: int) -> dict[int, torch.Tensor]:
+    """The inverse of `negatives_frame`: each held-out split's `(E_split, K)` tensor."""
+    values = frame["negative"].cast(pl.Int64).to_torch().clone().view(-1, k)
+    event = frame["event"].cast(pl.Int64).to_numpy()[::k]
+    split = torch.from_numpy(events["split"].to_numpy(writable=True)[event])
+    return {code: values[split == code] for code in (VAL, TEST)}

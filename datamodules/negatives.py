@@ -30,19 +30,20 @@ def sample_unseen(
 
     `excluded_items[excluded_offsets[u]:excluded_offsets[u+1]]` are user u's items. Events go in
     chunks with a dense excluded mask. When items are many, a chunk first tries rejection
-    sampling (about k draws per event instead of num_items random keys); rows that come out
-    short, and every row when items are few, take random keys over all items with the excluded
-    ones at +inf, then top-k. Both are exactly uniform (the order is random too), and the result
+    sampling (about k draws per event instead of num_items random keys; a scatter-min finds each
+    item's first draw); rows that come out short, and every row when items are few, take random
+    keys over all items with the excluded ones at +inf, then top-k. Both are exactly uniform (the order is random too), and the result
     depends only on the inputs and the generator's seed.
     """
     counts = excluded_offsets[1:] - excluded_offsets[:-1]
     out = torch.empty(users.numel(), k, dtype=torch.long)
     rows_per_chunk = max(1, _DRAWS_PER_CHUNK // (num_items + 1))
+    scratch: dict[torch.dtype, torch.Tensor] = {}  # the rejection's (rows, num_items + 1) table, reused by every chunk
     for start in range(0, users.numel(), rows_per_chunk):
         chunk = users[start : start + rows_per_chunk]
         draws = _draws_needed(int(counts[chunk].max()), num_items, k)
         out[start : start + chunk.numel()] = _sample_chunk(
-            chunk, excluded_offsets, excluded_items, num_items, k, draws, generator
+            chunk, excluded_offsets, excluded_items, num_items, k, draws, generator, scratch
         )
     return out
 
@@ -64,45 +65,59 @@ def _sample_chunk(
     k: int,
     draws: int,
     generator: torch.Generator,
+    scratch: dict[torch.dtype, torch.Tensor],
 ) -> torch.Tensor:
-    excluded = _excluded_rows(users, offsets, items, num_items)
+    excluded, inverse = _excluded_table(users, offsets, items, num_items)
     out = torch.empty(users.numel(), k, dtype=torch.long)
     short = torch.ones(users.numel(), dtype=torch.bool)
     if draws:
-        sample, ok = _rejection(excluded, k, draws, generator)
+        sample, ok = _rejection(excluded, inverse, k, draws, generator, scratch)
         out[ok], short = sample, ~ok
     if short.any():
-        out[short] = _masked_topk(excluded[short], k, generator)
+        out[short] = _masked_topk(excluded[inverse[short]], k, generator)
     return out
 
 
-def _excluded_rows(users: torch.Tensor, offsets: torch.Tensor, items: torch.Tensor, num_items: int) -> torch.Tensor:
-    """`(rows, num_items + 1)` bool: PAD and the row's user's items; built once per distinct user."""
+def _excluded_table(
+    users: torch.Tensor, offsets: torch.Tensor, items: torch.Tensor, num_items: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(distinct users, num_items + 1)` bool (PAD and the user's items) and each row's line in it."""
     distinct, inverse = torch.unique(users, return_inverse=True)
     table = torch.zeros(distinct.numel(), num_items + 1, dtype=torch.bool)
     owner, index = csr_rows(offsets, distinct)
     table[owner, items[index]] = True
     table[:, 0] = True
-    return table[inverse]
+    return table, inverse
 
 
 def _rejection(
-    excluded: torch.Tensor, k: int, draws: int, generator: torch.Generator
+    excluded: torch.Tensor,
+    inverse: torch.Tensor,
+    k: int,
+    draws: int,
+    generator: torch.Generator,
+    scratch: dict[torch.dtype, torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For the rows that got k: the first k distinct non-excluded of `draws` uniform draws; and which rows did."""
-    rows, width = excluded.shape
+    """For the rows that got k: the first k distinct non-excluded of `draws` uniform draws; and which rows did.
+
+    Row r's user is line `inverse[r]` of `excluded`. A draw counts if it is the first of its row to hit
+    its item (a scatter-min of the draw steps into a (rows, items) table, no sort) and the item is not
+    excluded. Only the cells drawn are reset and read, so the table is allocated once per call.
+    """
+    rows, width = inverse.numel(), excluded.shape[1]
     drawn = torch.randint(1, width, (rows, draws), generator=generator)
-    # first occurrence of each (row, value) in draw order: sort unique keys (row, value, step) once
-    ordered = ((torch.arange(rows)[:, None] * width + drawn) * draws + torch.arange(draws)).flatten().sort().values
-    cell = ordered // draws  # row * width + value
-    first_sorted = torch.ones_like(ordered, dtype=torch.bool)
-    first_sorted[1:] = cell[1:] != cell[:-1]
-    first = torch.empty(rows * draws, dtype=torch.bool)
-    first[(cell // width) * draws + ordered % draws] = first_sorted
-    valid = first.view(rows, draws) & ~excluded.gather(1, drawn)
+    dtype = torch.int16 if draws < torch.iinfo(torch.int16).max else torch.int32
+    table = scratch.get(dtype)
+    if table is None or table.shape[0] < rows or table.shape[1] != width:
+        table = scratch[dtype] = torch.empty(rows, width, dtype=dtype)
+    first_step = table[:rows]
+    steps = torch.arange(draws, dtype=dtype).expand(rows, draws)
+    first_step.scatter_(1, drawn, torch.tensor(draws, dtype=dtype).expand(rows, draws))
+    first_step.scatter_reduce_(1, drawn, steps, "amin")
+    valid = (first_step.gather(1, drawn) == steps) & ~excluded[inverse[:, None], drawn]
     ok = valid.sum(dim=1) >= k
     take = valid & (valid.cumsum(dim=1) <= k) & ok[:, None]
-    return drawn[take].view(-1, k), ok
+    return drawn.masked_select(take).view(-1, k), ok
 
 
 def _masked_topk(excluded: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:

@@ -361,6 +361,9 @@ def _parse_ts(raw: pl.Series, file: Path, locate: Locate) -> pl.Series:
         return raw.cast(pl.Datetime("ms")).dt.epoch("ms")
     if dtype != pl.String:
         raise DataError.at(file, f"column {raw.name!r}", "integer, float, datetime or string timestamps", str(dtype))
+    as_int = raw.cast(pl.Int64, strict=False)
+    if as_int.null_count() == raw.null_count():  # plain integers (the common case): no stripping needed
+        return as_int
     text = _blank_to_null(raw)
     as_int = text.cast(pl.Int64, strict=False)
     if as_int.null_count() == text.null_count():
@@ -388,6 +391,9 @@ def _parse_rating(raw: pl.Series, file: Path, locate: Locate) -> pl.Series:
         return raw.cast(pl.Float64).fill_nan(None)  # NaN >= threshold is true in Polars: NaN is a null rating
     if dtype != pl.String:
         raise DataError.at(file, f"column {raw.name!r}", "numeric ratings", f"dtype {dtype}")
+    parsed = raw.cast(pl.Float64, strict=False)
+    if parsed.null_count() == raw.null_count():  # plain numbers (the common case): no stripping needed
+        return parsed.fill_nan(None)
     text = _blank_to_null(raw)
     parsed = text.cast(pl.Float64, strict=False)
     _raise_first_bad(text, parsed, file, locate, "a numeric rating")

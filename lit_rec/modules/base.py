@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lit_rec.evaluation import FullRankingMetrics, OnePlusKMetrics, seen_mask_from_csr
+from lit_rec.evaluation import FullRankingMetrics, OnePlusKMetrics, seen_index_from_csr
 from lit_rec.popularity import PopularityScorer
 from lit_rec.recommend import recommend_top_k
 from lit_rec.sampling import SeededGenerator
@@ -21,7 +21,9 @@ class RecModule(L.LightningModule):
 
     Subclasses implement `score_candidates(batch, candidates) -> (B, C)` and their own
     `training_step`. Scores of every item (`score_all_items`) default to scoring the whole
-    catalogue as candidates, in chunks.
+    catalogue as candidates, in chunks. Full-ranking evaluation asks for both at once through
+    `score_candidates_and_all`, which a method that encodes the state first overrides to encode
+    it once.
     """
 
     def __init__(
@@ -85,22 +87,36 @@ class RecModule(L.LightningModule):
         all_items = torch.arange(self.num_items + 1, device=self.device).expand(b, -1)
         return self.score_candidates(batch, all_items)
 
+    def score_candidates_and_all(self, batch: dict[str, Tensor], candidates: Tensor) -> tuple[Tensor, Tensor]:
+        """Scores `(B, C)` of the candidates and `(B, num_items + 1)` of every item for the same states.
+
+        Full-ranking evaluation calls this once per chunk of `eval_chunk_size` events. The default
+        calls `score_candidates` and `score_all_items`; methods whose two scorings share work (the
+        sequence encoder's pass over the histories) override it to do that work once.
+        """
+        return self.score_candidates(batch, candidates), self.score_all_items(batch)
+
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, batch: dict[str, Tensor], stage: str) -> None:
         candidates = batch["candidates"]
-        scores = self.score_candidates(batch, candidates)
+        if self.full_ranking:
+            # one scoring per chunk gives both the candidates' and the catalogue's scores
+            chunks = []
+            for start in range(0, candidates.shape[0], self.eval_chunk_size):
+                part = {k: v[start : start + self.eval_chunk_size] for k, v in batch.items()}
+                part_scores, full = self.score_candidates_and_all(part, part["candidates"])
+                chunks.append(part_scores)
+                # the seen items as (row, column) pairs: no dense (chunk, num_items + 1) mask
+                rows, columns = seen_index_from_csr(part["user"].cpu(), self._seen_offsets, self._seen_items)
+                seen = (rows.to(full.device), columns.to(full.device))
+                self.full_metrics[stage].update(full.float(), part["candidates"][:, 0], seen)
+            scores = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+        else:
+            scores = self.score_candidates(batch, candidates)
         assert scores.shape == candidates.shape, f"scores {tuple(scores.shape)} != candidates {tuple(candidates.shape)}"
         self.metrics[stage].update(scores.float())
         assert self.popularity is not None
         self.metrics[f"{stage}_pop"].update(self.popularity(candidates))
-        if self.full_ranking:
-            for start in range(0, candidates.shape[0], self.eval_chunk_size):
-                part = {k: v[start : start + self.eval_chunk_size] for k, v in batch.items()}
-                full = self.score_all_items(part).float()
-                mask = seen_mask_from_csr(
-                    part["user"].cpu(), self._seen_offsets, self._seen_items, self.num_items
-                ).to(full.device)
-                self.full_metrics[stage].update(full, part["candidates"][:, 0], mask)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """Accumulates One-Plus-K metrics of the model and of the popularity reference."""
@@ -150,16 +166,61 @@ class RecModule(L.LightningModule):
         load_rng_state(self, checkpoint)
 
     # ------------------------------------------------------------------ training helpers
+    def logs_this_step(self) -> bool:
+        """Whether this training step's logs are written: Lightning's own rule (every `log_every_n_steps`
+        steps, and when the fit is asked to stop), plus the fit's last step, so that a fit shorter than
+        `log_every_n_steps` still leaves its `train/*` values in `trainer.callback_metrics`."""
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        connector = getattr(trainer, "_logger_connector", None)
+        if connector is None or trainer._active_loop is not trainer.fit_loop or connector.should_update_logs:
+            return True
+        if trainer.max_steps >= 0 and trainer.global_step + 1 >= trainer.max_steps:
+            return True  # the last step (or, with manual optimisation, the one before it)
+        max_epochs = trainer.max_epochs
+        return (
+            max_epochs is not None
+            and max_epochs >= 0
+            and trainer.current_epoch + 1 >= max_epochs
+            and bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+        )
+
+    def log_step(self, name: str, value: Tensor | float, mean: bool = True, prog_bar: bool = False) -> None:
+        """Logs a per-step training scalar at no per-step cost (no `self.log`, no device sync).
+
+        `self.log` costs about 2 ms a call, so the value is kept and handed to it only on steps whose
+        logs are written (`logs_this_step`): with `mean` the mean over the steps since the last written
+        one (summed on the value's device), else the value itself.
+        """
+        window: dict[str, tuple[Tensor | float, int]] = self.__dict__.setdefault("_log_window", {})
+        if mean:
+            value = value.detach() if isinstance(value, Tensor) else torch.tensor(float(value))
+            total, count = window.get(name, (0.0, 0))
+            total, count = value.float() + total, count + 1
+        else:
+            total, count = value, 1
+        if not self.logs_this_step():
+            window[name] = (total, count)
+            return
+        window.pop(name, None)
+        self.log(name, total / count if mean else total, on_step=True, on_epoch=False, prog_bar=prog_bar)
+
     def count_events(self, n: int) -> float:
         """Adds `n` processed train events (all ranks) and returns `train/episodes` so far."""
-        self.events_seen += n * self.trainer.world_size
+        self.events_seen.add_(n * self.trainer.world_size)
         return float(self.events_seen) / self._episode_len
 
     def log_train_ctr(self, reward: Tensor, events: int) -> None:
-        """Logs `train/ctr` (mean reward of the policy's own choices) against `train/episodes`."""
-        episodes = self.count_events(events)
-        self.log("train/ctr", reward.float().mean(), on_step=True, on_epoch=False, prog_bar=True)
-        self.log("train/episodes", episodes, on_step=True, on_epoch=False)
+        """Logs `train/ctr` (mean reward of the policy's own choices) against `train/episodes`.
+
+        Written every `log_every_n_steps` steps (`log_step`): `train/ctr` is the mean of the per-step
+        CTRs since the last written step, `train/episodes` the count at the written step.
+        """
+        self.events_seen.add_(events * self.trainer.world_size)  # in place: no sync
+        self.log_step("train/ctr", reward.float().mean(), prog_bar=True)
+        if self.logs_this_step():
+            self.log("train/episodes", float(self.events_seen) / self._episode_len, on_step=True, on_epoch=False)
 
 
 class StatisticsModule(RecModule):

@@ -212,10 +212,10 @@ class DQN(RecModule):
                 self.manual_backward(loss)
                 if self.max_grad_norm > 0:
                     self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
-                self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+                self.log_step("train/loss", loss, prog_bar=True)
             optimizer.step()  # without gradients a no-op that still advances global_step
         self.log_train_ctr(reward, self.num_envs)
-        self.log("train/epsilon", epsilon, on_step=True, on_epoch=False)
+        self.log_step("train/epsilon", epsilon, mean=False)
 
     # ------------------------------------------------------------------ scoring
     def score_candidates(self, batch: dict[str, Tensor], candidates: Tensor) -> Tensor:
@@ -225,6 +225,10 @@ class DQN(RecModule):
     def score_all_items(self, batch: dict[str, Tensor]) -> Tensor:
         """Q-values of every item `(B, num_items + 1)`."""
         return self.online.score_all(batch["history"])
+
+    def score_candidates_and_all(self, batch: dict[str, Tensor], candidates: Tensor) -> tuple[Tensor, Tensor]:
+        """Q-values of the candidates `(B, C)` and of every item `(B, num_items + 1)`, the states encoded once."""
+        return self.online.score_candidates_and_all(batch["history"], candidates)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -121,3 +121,9 @@ class LinUCB(StatisticsModule):
         """Greedy scores of every item `(B, num_items+1)` as one matrix product."""
         weights, (w_bias, const) = self._state_weights(batch["history"])
         return weights @ self.item_factors.T + w_bias * self.item_bias + const
+
+    def score_candidates_and_all(self, batch: dict[str, Tensor], candidates: Tensor) -> tuple[Tensor, Tensor]:
+        """Greedy scores of the candidates `(B, C)` and of every item `(B, num_items+1)`, the state weights computed once."""
+        weights, (w_bias, const) = self._state_weights(batch["history"])
+        scores = torch.einsum("bcr,br->bc", self.item_factors[candidates], weights) + w_bias * self.item_bias[candidates] + const
+        return scores, weights @ self.item_factors.T + w_bias * self.item_bias + const

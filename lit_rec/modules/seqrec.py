@@ -72,7 +72,7 @@ class SeqRec(RecModule):
         logits = self.network.score(batch["history"], candidates)
         target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         loss = F.cross_entropy(logits, target)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log_step("train/loss", loss, prog_bar=True)
         self.log_train_ctr((logits.argmax(dim=1) == 0).float(), batch["item"].numel())
         return loss
 
@@ -87,3 +87,7 @@ class SeqRec(RecModule):
     def score_all_items(self, batch: dict[str, Tensor]) -> Tensor:
         """Scores of every item id `(B, num_items + 1)` as one matrix product."""
         return self.network.score_all(batch["history"])
+
+    def score_candidates_and_all(self, batch: dict[str, Tensor], candidates: Tensor) -> tuple[Tensor, Tensor]:
+        """Scores of the candidates `(B, C)` and of every item `(B, num_items + 1)`, the states encoded once."""
+        return self.network.score_candidates_and_all(batch["history"], candidates)
