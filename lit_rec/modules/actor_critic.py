@@ -444,10 +444,10 @@ class ActorCriticRec(RecModule):
                 losses, rewards, steps = [aux["loss"]], [aux["rewards"].sum(-1)], [aux["steps"]]
         else:
             versions = torch.unique(version[mine])
-            # one vmapped call per chunk of clients: on their shared version, or (several stale
-            # versions: asynchronous arrivals) each on its own copy, so the cost of a step does
-            # not grow with the number of distinct versions in the cohort
-            per_client = self.mode == "dadrl" and versions.numel() > 1
+            # dadrl: one vmapped call per chunk of clients, each on its own stale copy, so the cost
+            # of a step does not depend on how many distinct versions the cohort holds (as fast as
+            # a shared version); a2c_d: its synchronous cohort shares the latest version
+            per_client = self.mode == "dadrl"
             groups = [mine] if per_client else [mine[version[mine] == v] for v in versions.tolist()]
             for group in groups:
                 for chunk in torch.split(group, self.client_chunk):
