@@ -14,6 +14,7 @@ same with `full_ranking=False` (One-Plus-K only, `score_candidates` per batch). 
 (`forward_s`) is the Q-network's bare batched forward, `online.score(history, candidates)`, over the
 same states and `(events, 1 + K_max)` candidates pre-cut into the same batches, under
 `torch.inference_mode`, with no metric, loader or Lightning loop. `ratio = forward_s / eval_s`
+(`ratio_cpu` the same from process CPU time)
 (1: evaluation costs nothing beyond the forward; above 1 is possible, since the evaluation reads the
 candidates' Q-values from the catalogue's matrix product, which is cheaper than the forward's
 `(B, C, H)` gather), `ratio_sampled = forward_s / eval_sampled_s`. The three run interleaved and
@@ -55,7 +56,7 @@ from lit_rec.cli import make_cli  # noqa: E402
 
 DATA_CONFIG, DATA_PATH, MODEL_CONFIG = "configs/data/ml1m.yaml", "../shared/data/ml-1m-users1-2999", "configs/dqn.yaml"
 TARGET_RATIO = 0.8
-SETTINGS = {"quick": {"train_steps": 100, "repeats": 3}, "full": {"train_steps": 300, "repeats": 7}}
+SETTINGS = {"quick": {"train_steps": 100, "repeats": 5}, "full": {"train_steps": 300, "repeats": 9}}
 
 
 def log(message: str) -> None:
@@ -89,12 +90,16 @@ def test_trainer(work: Path) -> L.Trainer:
                      enable_model_summary=False, callbacks=[], default_root_dir=str(work))
 
 
+CPU: dict[str, float] = {}  # process CPU seconds of the last `evaluate` / `bare_forward`
+
+
 def evaluate(trainer: L.Trainer, model: Any, datamodule: Any, full_ranking: bool) -> tuple[float, dict[str, float]]:
     """Seconds of one `Trainer.test` and its metrics."""
     model.full_ranking = full_ranking
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(sys.stderr):
         trainer.test(model, datamodule=datamodule, verbose=False)
+    CPU["evaluate"] = time.process_time() - cpu_start
     return time.perf_counter() - start, dict(model.last_metrics)
 
 
@@ -108,10 +113,11 @@ def forward_batches(datamodule: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def bare_forward(model: Any, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     """Seconds of the Q-network's forward over every batch (eval mode, inference mode, nothing else)."""
     network = model.online.eval()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         for history, candidates in batches:
             network.score(history, candidates)
+    CPU["forward"] = time.process_time() - cpu_start
     return time.perf_counter() - start
 
 
@@ -202,14 +208,18 @@ def main() -> None:
         _, sampled_metrics = evaluate(trainer, model, datamodule, full_ranking=False)
         bare_forward(model, batches)
         times: dict[str, list[float]] = {"eval": [], "eval_sampled": [], "forward": []}
+        cpu_times: dict[str, list[float]] = {"eval": [], "eval_sampled": [], "forward": []}
         for repeat in range(repeats):  # interleaved: eval, eval_sampled, forward, eval, ...
             seconds, again = evaluate(trainer, model, datamodule, full_ranking=True)
             assert again == metrics, "evaluation is not deterministic"
             times["eval"].append(seconds)
+            cpu_times["eval"].append(CPU["evaluate"])
             seconds, again = evaluate(trainer, model, datamodule, full_ranking=False)
             assert again == sampled_metrics, "evaluation is not deterministic"
             times["eval_sampled"].append(seconds)
+            cpu_times["eval_sampled"].append(CPU["evaluate"])
             times["forward"].append(bare_forward(model, batches))
+            cpu_times["forward"].append(CPU["forward"])
             log(f"repeat {repeat + 1}/{repeats}: eval {times['eval'][-1]:.3f} s, eval_sampled {times['eval_sampled'][-1]:.3f} s, "
                 f"forward {times['forward'][-1]:.3f} s")
         model.full_ranking = True
@@ -236,6 +246,9 @@ def main() -> None:
         "forward_s": round(forward_s, 4),
         "ratio": round(forward_s / eval_s, 3),
         "ratio_sampled": round(forward_s / eval_sampled_s, 3),
+        # the same from process CPU time (one thread), blind to time spent descheduled on a busy machine
+        "ratio_cpu": round(statistics.median(cpu_times["forward"]) / statistics.median(cpu_times["eval"]), 3),
+        "ratio_sampled_cpu": round(statistics.median(cpu_times["forward"]) / statistics.median(cpu_times["eval_sampled"]), 3),
         "events_per_s": round(events / eval_s, 1),
         "target_ratio": TARGET_RATIO,
         "meets_target": forward_s / eval_s >= TARGET_RATIO and forward_s / eval_sampled_s >= TARGET_RATIO,

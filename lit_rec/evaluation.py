@@ -256,11 +256,12 @@ def _full_ranking_counts(
     """Per event, how many eligible items score above the positive and how many tie with it.
 
     Eligible: every item but PAD (column 0), the user's seen items and the positive itself. One
-    pass computes `sign(score - positive score)` with the ineligible columns set to -1 (below), so
-    that per row `sum` = greater - below and `sum |.|` = greater + below, and ties = width - the
-    latter: about 7x cheaper than building boolean masks and counting them (bench/eval.py). The
-    sign of a difference of two finite floats is the result of comparing them (IEEE 754 gradual
-    underflow; only `torch.set_flush_denormal(True)` could turn a difference below 1e-38 into a tie).
+    copy holds `sign(score - positive score)` with the ineligible cells set to -1 (below), so that
+    per row `sum` = greater - below and `sum |.|` = greater + below, and ties = width - the latter:
+    a few dense float passes, several times cheaper than boolean masks and their counts
+    (bench/eval.py, BENCHMARKS.md). The sign of a difference of two finite floats is the result of
+    comparing them (IEEE 754 gradual underflow; only `torch.set_flush_denormal(True)` could turn a
+    difference below 1e-38 into a tie). `seen` is a dense bool mask or its `(rows, columns)`.
     """
     if scores.ndim != 2 or scores.shape[1] < 2:
         raise ValueError(f"scores must have shape (B, num_items + 1), got {tuple(scores.shape)}")
@@ -287,12 +288,12 @@ def _full_ranking_counts(
                 "seen index must be two 1-D integer tensors (rows, columns) of equal length, got shapes "
                 f"{tuple(seen_rows.shape)} and {tuple(seen_columns.shape)}"
             )
-        if seen_rows.numel() and (
-            not 0 <= int(seen_rows.min()) <= int(seen_rows.max()) < batch
-            or not 0 <= int(seen_columns.min()) <= int(seen_columns.max()) < width
+        if seen_rows.numel() and not all(
+            0 <= int(low) and int(high) < bound
+            for (low, high), bound in ((torch.aminmax(seen_rows), batch), (torch.aminmax(seen_columns), width))
         ):
             raise ValueError(f"seen index must lie in rows 0..{batch - 1} and columns 0..{width - 1}")
-    if batch and (int(positive.min()) < 1 or int(positive.max()) >= width):
+    if batch and not 1 <= int((extremes := torch.aminmax(positive))[0]) <= int(extremes[1]) < width:
         raise ValueError(f"positive item ids must lie in 1..{width - 1} (0 is PAD)")
 
     rows = torch.arange(batch, device=scores.device)
@@ -302,26 +303,30 @@ def _full_ranking_counts(
     work_dtype = torch.promote_types(scores.dtype, torch.float32)
     sign = scores.to(work_dtype) - positive_score.to(work_dtype)  # the one copy of the scores
     sign[:, 0] = -1.0  # PAD is never a candidate (and may hold anything, NaN included)
-    # Models may mask items with -inf, so only NaN anywhere or a non-finite positive is an error.
-    # With a finite positive a row sum of the differences is NaN when the row holds a NaN (or both
-    # infinities): a cheap first check, confirmed on the scores (`sign_` below maps NaN to 0).
-    suspect = torch.isnan(sign.sum(dim=1)) | ~torch.isfinite(positive_score[:, 0])
-    if bool(suspect.any()):
-        bad_rows = torch.isnan(scores[:, 1:]).any(dim=1) | ~torch.isfinite(positive_score[:, 0])
-        num_bad = int(bad_rows.sum())
-        if num_bad:
-            raise ValueError(
-                f"scores has {num_bad} of {batch} rows with a NaN item score or a non-finite positive score, "
-                f"first at row {int(bad_rows.nonzero()[0, 0])}"
-            )
     flat = sign.view(-1)
-    flat.index_fill_(0, seen_rows.long() * width + seen_columns.long(), -1.0)  # a seen item is no competitor
+    seen_flat = seen_rows.long() * width + seen_columns.long()
+    # Models may mask items with -inf, so only NaN anywhere or a non-finite positive is an error.
+    # `sign_` maps NaN to 0, a tie: rows with a tie are checked below; the seen items, overwritten
+    # next, are checked here.
+    nan_at_seen = torch.isnan(flat[seen_flat])
+    flat.index_fill_(0, seen_flat, -1.0)  # a seen item is no competitor
     flat.index_fill_(0, rows * width + positive, -1.0)  # the positive is ranked, not a competitor, even if seen
     sign.sign_()
     above_minus_below = sign.sum(dim=1)
     above_plus_below = sign.abs_().sum(dim=1)
-    greater = ((above_minus_below + above_plus_below) / 2).round().long()
     ties = (width - above_plus_below).round().long()
+    suspect = (ties > 0) | ~torch.isfinite(positive_score[:, 0])
+    if bool(nan_at_seen.any()):
+        suspect[seen_rows[nan_at_seen].long()] = True
+    if bool(suspect.any()):  # rare with real-valued scores: confirm on those rows alone
+        checked = suspect.nonzero()[:, 0]
+        bad = torch.isnan(scores[checked, 1:]).any(dim=1) | ~torch.isfinite(positive_score[checked, 0])
+        if bool(bad.any()):
+            raise ValueError(
+                f"scores has {int(bad.sum())} of {batch} rows with a NaN item score or a non-finite positive score, "
+                f"first at row {int(checked[bad][0])}"
+            )
+    greater = ((above_minus_below + above_plus_below) / 2).round().long()
     return greater, ties
 
 

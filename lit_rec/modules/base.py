@@ -96,6 +96,32 @@ class RecModule(L.LightningModule):
         """
         return self.score_candidates(batch, candidates), self.score_all_items(batch)
 
+    def cached_while_unchanged(self, key: str, compute: Any, *tensors: Tensor) -> Any:
+        """`compute()`, reused outside autograd until one of `tensors` changes in place.
+
+        For values derived from the weights alone (e.g. every item's vector), computed once per chunk
+        of an evaluation otherwise. The key holds each tensor's identity and version counter, which
+        every in-place update (optimizer steps, target copies, `load_state_dict`) advances; with
+        gradients enabled nothing is cached.
+        """
+        if torch.is_grad_enabled():
+            return compute()
+        stamp = tuple((id(t), t._version) for t in tensors)
+        cache: dict[str, tuple[tuple[tuple[int, int], ...], Any]] = self.__dict__.setdefault("_weights_cache", {})
+        hit = cache.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        value = compute()
+        cache[key] = (stamp, value)
+        return value
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles (`ddp_spawn`, `deepcopy`) without the transient caches of `cached_while_unchanged` and `log_step`."""
+        state = super().__getstate__()
+        state.pop("_weights_cache", None)
+        state.pop("_log_window", None)
+        return state
+
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, batch: dict[str, Tensor], stage: str) -> None:
         candidates = batch["candidates"]

@@ -228,7 +228,13 @@ class DQN(RecModule):
 
     def score_candidates_and_all(self, batch: dict[str, Tensor], candidates: Tensor) -> tuple[Tensor, Tensor]:
         """Q-values of the candidates `(B, C)` and of every item `(B, num_items + 1)`, the states encoded once."""
-        return self.online.score_candidates_and_all(batch["history"], candidates)
+        network = self.online
+        encoder = network.encoder
+        vectors = self.cached_while_unchanged(
+            "all_item_vectors", encoder.all_item_vectors, encoder.item_embedding.weight, encoder.item_proj.weight
+        )
+        scores_all = network.head.score_all(encoder(batch["history"]), vectors)
+        return scores_all.gather(1, candidates.long()), scores_all
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
