@@ -8,7 +8,8 @@ Evaluation (`eval_s`) is what `RecModule` does in test (and validation) as shipp
 over the test split with the default `full_ranking=True` (no method config turns it off): per chunk
 of `eval_chunk_size` events `score_candidates_and_all` scores the `(B, 1 + K_max)` candidates and
 the whole catalogue from one encoding of the states, the full-ranking metrics (`hr@10_full`,
-`ndcg@10_full`) are updated, then per batch the model's `OnePlusKMetrics` (CTR@1/10/20/50/100, AUC,
+`ndcg@10_full`) are updated (events with 10 of their frozen negatives above the positive count as
+misses without a full count), then per batch the model's `OnePlusKMetrics` (CTR@1/10/20/50/100, AUC,
 NDCG@10, MRR) and the popularity reference's; then `compute()` and logging. `eval_sampled_s` is the
 same with `full_ranking=False` (One-Plus-K only, `score_candidates` per batch). Their limit
 (`forward_s`) is the Q-network's bare batched forward, `online.score(history, candidates)`, over the
@@ -123,9 +124,7 @@ def bare_forward(model: Any, batches: list[tuple[torch.Tensor, torch.Tensor]]) -
 
 def breakdown(model: Any, datamodule: Any) -> dict[str, float]:
     """One default evaluation pass by hand, timing its parts (the per-batch work of `RecModule._evaluate`, full ranking on)."""
-    from lit_rec.evaluation import seen_index_from_csr
-
-    parts = dict.fromkeys(("loader", "score", "seen_index", "full_metrics", "model_metrics", "popularity_metrics", "compute"), 0.0)
+    parts = dict.fromkeys(("loader", "score", "full_ranking", "model_metrics", "popularity_metrics", "compute"), 0.0)
     metrics, popularity_metrics, full_metrics = model.metrics["test"], model.metrics["test_pop"], model.full_metrics["test"]
     for metric in (metrics, popularity_metrics, full_metrics):
         metric.reset()
@@ -142,11 +141,8 @@ def breakdown(model: Any, datamodule: Any) -> dict[str, float]:
                 chunks.append(scores)
                 now = time.perf_counter()
                 parts["score"] += now - clock
-                seen = seen_index_from_csr(part["user"], model._seen_offsets, model._seen_items)
-                clock, now = now, time.perf_counter()
-                parts["seen_index"] += now - clock
-                full_metrics.update(full.float(), part["candidates"][:, 0], seen)
-                parts["full_metrics"] += time.perf_counter() - now
+                model._update_full_ranking("test", full, part)  # seen items, skipped misses, counts
+                parts["full_ranking"] += time.perf_counter() - now
             clock = time.perf_counter()
             metrics.update(torch.cat(chunks).float())
             clock, now = time.perf_counter(), clock

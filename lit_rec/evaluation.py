@@ -222,11 +222,21 @@ class FullRankingMetrics(Metric):
         self.add_state("ndcg_sum", default=torch.zeros((), dtype=_DTYPE), dist_reduce_fx="sum")
         self.add_state("events", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, scores: Tensor, positive: Tensor, seen_mask: Tensor | tuple[Tensor, Tensor]) -> None:
+    def update(
+        self, scores: Tensor, positive: Tensor, seen_mask: Tensor | tuple[Tensor, Tensor], misses: int = 0
+    ) -> None:
         """Add a batch: scores `(B, num_items + 1)` (column 0 PAD), positive item ids `(B,)`, and the items each
         event's user has seen: a bool `seen_mask` `(B, num_items + 1)`, or the same as an index pair
         `(rows, columns)` of its True entries (`seen_index_from_csr`; cheaper, no dense mask is built).
+
+        `misses`: further events known to rank below k (k eligible items score above their positive),
+        counted with hr = ndcg = 0 without their scores.
         """
+        if misses < 0:
+            raise ValueError(f"misses must be >= 0, got {misses}")
+        self.events.add_(misses)
+        if scores.ndim == 2 and scores.shape[0] == 0 and misses:
+            return
         greater, ties = _full_ranking_counts(scores, positive, seen_mask)
         cache = self.__dict__.setdefault("_table_cache", {})
         key = str(scores.device)

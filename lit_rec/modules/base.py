@@ -132,10 +132,7 @@ class RecModule(L.LightningModule):
                 part = {k: v[start : start + self.eval_chunk_size] for k, v in batch.items()}
                 part_scores, full = self.score_candidates_and_all(part, part["candidates"])
                 chunks.append(part_scores)
-                # the seen items as (row, column) pairs: no dense (chunk, num_items + 1) mask
-                rows, columns = seen_index_from_csr(part["user"].cpu(), self._seen_offsets, self._seen_items)
-                seen = (rows.to(full.device), columns.to(full.device))
-                self.full_metrics[stage].update(full.float(), part["candidates"][:, 0], seen)
+                self._update_full_ranking(stage, full, part)
             scores = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
         else:
             scores = self.score_candidates(batch, candidates)
@@ -143,6 +140,26 @@ class RecModule(L.LightningModule):
         self.metrics[stage].update(scores.float())
         assert self.popularity is not None
         self.metrics[f"{stage}_pop"].update(self.popularity(candidates))
+
+    def _update_full_ranking(self, stage: str, full: Tensor, part: dict[str, Tensor]) -> None:
+        """Full-ranking metrics of a chunk: `full` `(B, num_items + 1)` scores, `part` its batch rows.
+
+        The frozen negatives (candidate columns 1..) are items the user never touched, so eligible
+        competitors: an event where k of them score above its positive ranks below k among all items
+        and adds hr@k = ndcg@k = 0 without a full count (most events, unless the model is strong).
+        """
+        metric = self.full_metrics[stage]
+        candidates = part["candidates"]
+        on_candidates = full.gather(1, candidates.to(full.device).long())  # the same values the count compares
+        ranked = (on_candidates[:, 1:] > on_candidates[:, :1]).sum(dim=1) < metric.k
+        misses = int(candidates.shape[0] - ranked.sum())
+        users, positive = part["user"], candidates[:, 0]
+        if misses:
+            keep = ranked.nonzero()[:, 0]
+            full, users, positive = full[keep], users[keep.to(users.device)], positive[keep.to(positive.device)]
+        # the seen items as (row, column) pairs: no dense (rows, num_items + 1) mask
+        rows, columns = seen_index_from_csr(users.cpu(), self._seen_offsets, self._seen_items)
+        metric.update(full.float(), positive.to(full.device), (rows.to(full.device), columns.to(full.device)), misses)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """Accumulates One-Plus-K metrics of the model and of the popularity reference."""
