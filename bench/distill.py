@@ -7,6 +7,10 @@
 `latency_ratio` (student / teacher median time to score 1000 candidates for one request, one
 thread (its CPU time), interleaved repeats, on the TorchScript artefacts of `lit_rec.export` that serving runs;
 `latency_ratio_eager` is the same on the eager modules), and the mean over seeds of `test/auc` and `test/ctr@k` of each.
+`--ablation` also trains, per seed, one distilled student per flag of `ABLATIONS` turned off (same teacher
+checkpoint, same budget): JSON key `ablation` ({"explore_filter_off": {"auc", "ctr@k", "auc_per_seed"}, ...},
+with the `teacher`, `student` and `student_alone` rows of the same seeds) and a Markdown table on stderr;
+`--ablation 0` runs the ablation for seed 0 only (the other keys still cover every seed).
 Progress goes to stderr; the JSON object is the last line of stdout.
 """
 
@@ -42,6 +46,10 @@ SETTINGS = {
     "quick": {"data": "configs/data/ml100k.yaml", "path": "../shared/data/ml-100k", "steps": 150, "seeds": [0, 1, 2]},
     "full": {"data": "configs/data/ml1m.yaml", "path": "../shared/data/ml-1m-users1-2999", "steps": 1500, "seeds": [0, 1, 2]},
 }
+
+
+# ablation runs: the distilled student with one DRLRecStudent flag turned off
+ABLATIONS = ("explore_filter", "confidence", "kl", "hint")
 
 
 def log(message: str) -> None:
@@ -86,6 +94,29 @@ def summarise(results: dict[str, list[dict[str, float]]], ks: list[int]) -> dict
     return out
 
 
+def ablation_rows(results: dict[str, list[dict[str, float]]], ks: list[int]) -> dict[str, dict[str, Any]]:
+    """Per role, the means over its runs (the ablation seeds) of test/auc and test/ctr@k, and the AUC per seed."""
+    rows: dict[str, dict[str, Any]] = {}
+    for role, runs in results.items():
+        row: dict[str, Any] = {"auc": statistics.fmean(r["test/auc"] for r in runs)}
+        row.update({f"ctr@{k}": statistics.fmean(r[f"test/ctr@{k}"] for r in runs) for k in ks})
+        row["auc_per_seed"] = [round(r["test/auc"], 4) for r in runs]
+        rows[role] = row
+    return rows
+
+
+def ablation_table(rows: dict[str, dict[str, Any]], ks: list[int]) -> str:
+    """The ablation rows as a Markdown table (AUC and its difference to the full student, CTR@k)."""
+    full = rows["student"]["auc"]
+    lines = ["| run | AUC | AUC - student | " + " | ".join(f"CTR@{k}" for k in ks) + " | AUC per seed |",
+             "|---|---|---|" + "---|" * len(ks) + "---|"]
+    for name, row in rows.items():
+        ctrs = " | ".join(f"{row[f'ctr@{k}']:.4f}" for k in ks)
+        seeds = ", ".join(f"{a:.4f}" for a in row["auc_per_seed"])
+        lines.append(f"| {name} | {row['auc']:.4f} | {row['auc'] - full:+.4f} | {ctrs} | {seeds} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Runs the benchmark and prints the JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -93,7 +124,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (overrides the setting)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (overrides the setting)")
     parser.add_argument("--repeats", type=int, default=200, help="interleaved latency repeats")
-    parser.add_argument("--student-args", nargs="*", default=[], help="extra CLI arguments of both student runs")
+    parser.add_argument("--student-args", nargs="*", default=[], help="extra CLI arguments of all student runs")
+    parser.add_argument("--ablation", type=int, nargs="*", default=None, metavar="SEED",
+                        help=f"also train one student per flag off ({', '.join(ABLATIONS)}) from the same teacher; "
+                             "with seeds: only for those seeds (default: every seed)")
     args = parser.parse_args()
     setting = dict(SETTINGS["quick" if args.quick else "full"])
     steps = args.steps or setting["steps"]
@@ -105,6 +139,10 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)  # "few workers" and similar notices
     started = time.perf_counter()
     results: dict[str, list[dict[str, float]]] = {"teacher": [], "student": [], "student_alone": []}
+    chosen = [] if args.ablation is None else [seed for seed in seeds if not args.ablation or seed in args.ablation]
+    if args.ablation and set(args.ablation) - set(seeds):
+        sys.exit(f"bench/distill.py: --ablation seeds {args.ablation} are not all in --seeds {seeds}")
+    ablated: dict[str, list[dict[str, float]]] = {f"{flag}_off": [] for flag in ABLATIONS} if chosen else {}
     models: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench_distill_") as tmp:
         work = Path(tmp)
@@ -121,6 +159,12 @@ def main() -> None:
             results["student_alone"].append(alone.model.last_metrics)
             log(f"seed {seed}: auc teacher {results['teacher'][-1]['test/auc']:.4f} student {results['student'][-1]['test/auc']:.4f} "
                 f"alone {results['student_alone'][-1]['test/auc']:.4f} ({time.perf_counter() - started:.0f} s)")
+            for flag in ABLATIONS if seed in chosen else ():
+                off = run_config("configs/drlrec_student.yaml", work, setting, steps, seed,
+                                 [f"--model.init_args.teacher_ckpt={ckpt}", *args.student_args, f"--model.init_args.{flag}=false"])
+                ablated[f"{flag}_off"].append(off.model.last_metrics)
+                log(f"seed {seed}: auc student with {flag}=false {ablated[f'{flag}_off'][-1]['test/auc']:.4f} "
+                    f"({time.perf_counter() - started:.0f} s)")
             ckpt.unlink()
             models = {"teacher": teacher.model, "student": student.model}
         times = latency(models["teacher"], models["student"], work, args.repeats)
@@ -140,6 +184,14 @@ def main() -> None:
         **summarise(results, models["student"].eval_ks),
     }
     report["student_minus_teacher_auc"] = report["student_auc"] - report["teacher_auc"]
+    if chosen:
+        ks = models["student"].eval_ks
+        same_seeds = {role: [r for seed, r in zip(seeds, runs) if seed in chosen] for role, runs in results.items()}
+        order = ["teacher", "student", *ablated, "student_alone"]
+        rows = ablation_rows({**same_seeds, **ablated}, ks)
+        report["ablation_seeds"] = chosen
+        report["ablation"] = {name: rows[name] for name in order}
+        log(f"ablation, {steps} steps per run, seeds {chosen} (means over seeds):\n" + ablation_table(report["ablation"], ks))
     report["wall_s"] = round(time.perf_counter() - started, 1)
     report["cpu_s"] = round(time.process_time(), 1)  # this process's CPU time: the wall time on an idle machine
     print(json.dumps(report))
