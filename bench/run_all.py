@@ -22,10 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 SCRIPTS = ("data_prep", "eval", "train_step", "clients", "distill")
+GPU_SCRIPTS = ("gpu_steps",)  # run only where torch sees CUDA (or when named with --only)
 # the figure each script is judged on: (key, comparison, target); distill's claim is DESIGN.md section 9
 TARGETS: dict[str, list[tuple[str, str, float]]] = {
     "data_prep": [("speedup", ">=", 3.0)],
@@ -33,6 +36,7 @@ TARGETS: dict[str, list[tuple[str, str, float]]] = {
     "train_step": [("overhead", "<=", 0.10)],
     "clients": [("flatness", "<=", 0.15)],
     "distill": [("param_ratio", "<=", 0.497), ("latency_ratio", "<=", 0.767), ("student_minus_teacher_auc", ">=", 0.0)],
+    "gpu_steps": [],  # no target: issue #9 asks for the figures (BENCHMARKS.md, GPU)
 }
 
 
@@ -159,16 +163,17 @@ def main() -> None:
     """Runs the scripts, rewrites the generated section and prints every result as one JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="pass --quick to every script")
-    parser.add_argument("--only", nargs="+", choices=SCRIPTS, default=None, help="run only these scripts")
+    parser.add_argument("--only", nargs="+", choices=SCRIPTS + GPU_SCRIPTS, default=None, help="run only these scripts")
     parser.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
     args = parser.parse_args()
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    runs = {name: run_script(name, args.quick) for name in (args.only or SCRIPTS)}
+    names = args.only or (SCRIPTS + GPU_SCRIPTS if torch.cuda.is_available() else SCRIPTS)
+    runs = {name: run_script(name, args.quick) for name in names}
     if not args.no_write:
         mode = "quick" if args.quick else "full"
         records = {**previous_records(), **{f"{name}:{mode}": run for name, run in runs.items()}}
-        merged = {f"{n}:{m}": records[f"{n}:{m}"] for n in SCRIPTS for m in ("full", "quick") if f"{n}:{m}" in records}
+        merged = {f"{n}:{m}": records[f"{n}:{m}"] for n in SCRIPTS + GPU_SCRIPTS for m in ("full", "quick") if f"{n}:{m}" in records}
         write_section(render(merged, started, load))
         log(f"wrote {BENCHMARKS.relative_to(ROOT)}")
     print(json.dumps({name: run.get("result", {"failed": run.get("exit")}) for name, run in runs.items()}))

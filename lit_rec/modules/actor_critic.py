@@ -388,7 +388,10 @@ class ActorCriticRec(RecModule):
         rank, world = self.global_rank, self.trainer.world_size
         mine = torch.nonzero(keep).squeeze(1)[rank::world]  # this rank's share of the cohort, by position
 
-        with sdpa_kernel(SDPBackend.MATH):  # the math kernel has vmap rules; results match the pooled path
+        # the math kernel has vmap rules (results match the pooled path); the clients' gradients are fp32 under any
+        # `precision`: under bf16 autocast on CUDA, vmap(grad) fails in softmax's backward, and a bf16 gradient
+        # would change what the server applies (docs/ARCHITECTURE.md, GPU)
+        with sdpa_kernel(SDPBackend.MATH), torch.autocast(self.device.type, enabled=False):
             losses, rewards, steps, private_grad = self._client_updates(cohort, version, mine, data)
         update = self.server.step()
 

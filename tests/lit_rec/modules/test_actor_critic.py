@@ -184,6 +184,17 @@ def test_other_configurations_fit(tmp_path, name, extra):
         assert cli.trainer.callback_metrics["staleness/dropped_frac"] > 0
 
 
+@pytest.mark.parametrize("name", ["dadrl", "a2c_f", "a2c_d"])
+def test_bf16_mixed_precision_trains_the_clients_in_fp32(tmp_path, name):
+    # configs/trainer/gpu.yaml users may ask for bf16-mixed: the clients' gradients stay fp32 (on CUDA, vmap(grad)
+    # under bf16 autocast fails in softmax's backward), so the parameters match a 32-bit fit exactly
+    steps = ["--trainer.max_steps=3", "--trainer.limit_val_batches=0"]
+    fp32 = fit(tmp_path / "fp32", *steps, name=name).model
+    bf16 = fit(tmp_path / "bf16", *steps, "--trainer.precision=bf16-mixed", name=name).model
+    for (key, p), q in zip(fp32.named_parameters(), bf16.parameters(), strict=True):
+        assert q.dtype == torch.float32 and torch.equal(p, q), key
+
+
 def test_differential_privacy_logs_the_epsilon_spent(tmp_path):
     pytest.importorskip("opacus", reason="differential privacy needs the optional extra opacus")
     cli = fit(tmp_path, "--trainer.max_steps=6", "--trainer.limit_val_batches=1", "--model.init_args.arrival=poisson",
