@@ -187,6 +187,7 @@ def worker(num_clients: int, block: int, blocks: int, arrival: str, seed: int) -
     from callbacks.staleness import StalenessCallback
     from datamodules.loaders import ResumableLoader
     from lit_rec.modules.actor_critic import ActorCriticRec
+    from lit_rec.runtime import keep_large_buffers_on_heap
 
     protocol = sys.stdout
 
@@ -195,6 +196,7 @@ def worker(num_clients: int, block: int, blocks: int, arrival: str, seed: int) -
         protocol.flush()
 
     torch.set_num_threads(THREADS)
+    keep_large_buffers_on_heap()  # as train.py does: without it the 1k worker paid page faults the 100k one did not
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     rss_imports = rss_now_mb()

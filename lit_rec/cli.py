@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from datamodules import DataError, RecDataModule
 from lit_rec.checkpoints import CheckpointError, check_ckpt_path
 from lit_rec.modules.base import RecModule
+from lit_rec.runtime import keep_large_buffers_on_heap
 
 DEFAULT_LOGGER = {
     "class_path": "lightning.pytorch.loggers.WandbLogger",
@@ -82,6 +83,7 @@ def main(args: list[str] | None = None) -> None:
     if "OMP_NUM_THREADS" not in os.environ:
         # small recommender networks: one thread is as fast, and far faster on a busy machine (PITFALLS.md)
         torch.set_num_threads(1)
+    keep_large_buffers_on_heap()  # per-step buffers reused, not page-faulted in anew (BENCHMARKS.md, clients)
     try:
         make_cli(args)
     except (DataError, CheckpointError) as error:

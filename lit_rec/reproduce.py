@@ -707,6 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m lit_rec.reproduce`."""
     from datamodules import DataError
     from lit_rec.cli import _silence_known_noise
+    from lit_rec.runtime import keep_large_buffers_on_heap
 
     argv = list(sys.argv[1:] if argv is None else argv)
     options, passthrough = parse_args(argv)
@@ -715,6 +716,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_SILENT", "true")
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # as train.py: small networks, shared CPUs (PITFALLS.md)
+    keep_large_buffers_on_heap()  # as train.py
     reproduction = Reproduction(options, passthrough)
     try:
         return reproduction.execute()
