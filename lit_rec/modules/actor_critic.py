@@ -518,6 +518,11 @@ class ActorCriticRec(RecModule):
         """Logits of every item `(B, num_items + 1)` in one matrix product."""
         return self.policy.score_all(batch["history"], self._user_vector(batch))
 
+    def score_candidates_and_all(self, batch: dict[str, Tensor], candidates: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits of the candidates `(B, C)`, read from every item's `(B, num_items + 1)`: the states encoded once."""
+        scores_all = self.score_all_items(batch)
+        return scores_all.gather(1, candidates.long()), scores_all
+
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Random state (super) plus the simulation: clients, arrival model, version ring buffer."""
