@@ -196,18 +196,6 @@ class QNetwork(nn.Module):
         """Q-values of every item id `(B, num_items + 1)` (column 0 is PAD)."""
         return self.head.score_all(self.encoder(history), self.encoder.all_item_vectors())
 
-    @torch.jit.export
-    def score_candidates_and_all(self, history: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
-        """`(q (B, C), q_all (B, num_items + 1))`: the candidates' Q-values and every item's, from one encoding.
-
-        The candidates' values are read from the catalogue's (the same bilinear form): one matrix
-        product over the catalogue is cheaper than gathering `(B, C, H)` item vectors once B x C
-        exceeds the catalogue several times (full-ranking evaluation: C = 1 + K_max).
-        """
-        _check_items("candidates", candidates, history.shape[0])
-        q_all = self.score_all(history)
-        return q_all.gather(1, candidates.long()), q_all
-
 
 class ActorCritic(nn.Module):
     """Encoder shared by an actor (logits over candidates) and a critic (state value)."""

@@ -45,13 +45,11 @@ def a2c_loss(
     """
     log_probs = F.log_softmax(logits, dim=-1)
     taken = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    entropy = -(log_probs.exp() * log_probs).sum(-1)
     advantage = returns - values
     policy = masked_mean(-taken * advantage.detach(), mask)
     value = masked_mean(0.5 * advantage.pow(2), mask)
-    entropy = masked_mean(entropy, mask)
-    loss = policy + value_coef * value - entropy_coef * entropy
-    return loss, {"policy": policy, "value": value, "entropy": entropy}
+    entropy = masked_mean(-(log_probs.exp() * log_probs).sum(-1), mask)
+    return _weighted_sum(policy, value, entropy, value_coef, entropy_coef)
 
 
 def expected_a2c_loss(
@@ -82,6 +80,11 @@ def expected_a2c_loss(
     policy = masked_mean(-(probs * advantage.detach()).sum(-1), mask)
     value = masked_mean(0.5 * (returns - values).pow(2), mask)
     entropy = masked_mean(-(probs * log_probs).sum(-1), mask)
+    return _weighted_sum(policy, value, entropy, value_coef, entropy_coef)
+
+
+def _weighted_sum(policy: Tensor, value: Tensor, entropy: Tensor, value_coef: float, entropy_coef: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """The A2C loss `policy + value_coef * value - entropy_coef * entropy` and its parts."""
     loss = policy + value_coef * value - entropy_coef * entropy
     return loss, {"policy": policy, "value": value, "entropy": entropy}
 

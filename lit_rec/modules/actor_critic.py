@@ -79,11 +79,11 @@ class PolicyValue(nn.Module):
             logits = logits + torch.einsum("bcd,bd->bc", self.net.encoder.item_vectors(candidates), user_vector)
         return logits
 
-    def score_all(self, history: Tensor, user_vector: Tensor | None = None) -> Tensor:
-        """Actor logits of every item id `(B, num_items + 1)`."""
-        logits = self.net.score_all(history)
+    def score_all(self, history: Tensor, item_vectors: Tensor, user_vector: Tensor | None = None) -> Tensor:
+        """Actor logits of every item id `(B, num_items + 1)`, given every item's vector `(num_items + 1, H)`."""
+        logits = self.net.actor.score_all(self.net.encoder(history), item_vectors)
         if user_vector is not None:
-            logits = logits + user_vector @ self.net.encoder.all_item_vectors().T
+            logits = logits + user_vector @ item_vectors.T
         return logits
 
 
@@ -516,12 +516,12 @@ class ActorCriticRec(RecModule):
 
     def score_all_items(self, batch: dict[str, Tensor]) -> Tensor:
         """Logits of every item `(B, num_items + 1)` in one matrix product."""
-        return self.policy.score_all(batch["history"], self._user_vector(batch))
+        vectors = self.item_vectors_of(self.policy.net.encoder)
+        return self.policy.score_all(batch["history"], vectors, self._user_vector(batch))
 
     def score_candidates_and_all(self, batch: dict[str, Tensor], candidates: Tensor) -> tuple[Tensor, Tensor]:
-        """Logits of the candidates `(B, C)`, read from every item's `(B, num_items + 1)`: the states encoded once."""
-        scores_all = self.score_all_items(batch)
-        return scores_all.gather(1, candidates.long()), scores_all
+        """Logits of the candidates `(B, C)` and of every item `(B, num_items + 1)`, the states encoded once."""
+        return self.scores_from_all_items(batch, candidates)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

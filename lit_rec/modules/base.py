@@ -96,6 +96,22 @@ class RecModule(L.LightningModule):
         """
         return self.score_candidates(batch, candidates), self.score_all_items(batch)
 
+    def scores_from_all_items(self, batch: dict[str, Tensor], candidates: Tensor) -> tuple[Tensor, Tensor]:
+        """`score_candidates_and_all` for a method whose catalogue scoring encodes each state once.
+
+        The candidates' scores `(B, C)` are read from every item's `(B, num_items + 1)` (the same
+        bilinear form): one product with the catalogue is cheaper than gathering `(B, C, H)` item
+        vectors once B x C exceeds the catalogue several times (full ranking: C = 1 + K_max).
+        """
+        scores_all = self.score_all_items(batch)
+        return scores_all.gather(1, candidates.long()), scores_all
+
+    def item_vectors_of(self, encoder: torch.nn.Module) -> Tensor:
+        """Every item's vector `(num_items + 1, H)` of a `SeqEncoder`, computed once while its weights are unchanged."""
+        return self.cached_while_unchanged(
+            f"all_item_vectors/{id(encoder)}", encoder.all_item_vectors, encoder.item_embedding.weight, encoder.item_proj.weight
+        )
+
     def cached_while_unchanged(self, key: str, compute: Any, *tensors: Tensor) -> Any:
         """`compute()`, reused outside autograd until one of `tensors` changes in place.
 

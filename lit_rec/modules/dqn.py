@@ -223,18 +223,13 @@ class DQN(RecModule):
         return self.online.score(batch["history"], candidates)
 
     def score_all_items(self, batch: dict[str, Tensor]) -> Tensor:
-        """Q-values of every item `(B, num_items + 1)`."""
-        return self.online.score_all(batch["history"])
+        """Q-values of every item `(B, num_items + 1)` as one matrix product."""
+        encoder = self.online.encoder
+        return self.online.head.score_all(encoder(batch["history"]), self.item_vectors_of(encoder))
 
     def score_candidates_and_all(self, batch: dict[str, Tensor], candidates: Tensor) -> tuple[Tensor, Tensor]:
         """Q-values of the candidates `(B, C)` and of every item `(B, num_items + 1)`, the states encoded once."""
-        network = self.online
-        encoder = network.encoder
-        vectors = self.cached_while_unchanged(
-            "all_item_vectors", encoder.all_item_vectors, encoder.item_embedding.weight, encoder.item_proj.weight
-        )
-        scores_all = network.head.score_all(encoder(batch["history"]), vectors)
-        return scores_all.gather(1, candidates.long()), scores_all
+        return self.scores_from_all_items(batch, candidates)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

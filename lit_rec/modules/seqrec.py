@@ -86,14 +86,9 @@ class SeqRec(RecModule):
 
     def score_all_items(self, batch: dict[str, Tensor]) -> Tensor:
         """Scores of every item id `(B, num_items + 1)` as one matrix product."""
-        return self.network.score_all(batch["history"])
+        encoder = self.network.encoder
+        return self.network.head.score_all(encoder(batch["history"]), self.item_vectors_of(encoder))
 
     def score_candidates_and_all(self, batch: dict[str, Tensor], candidates: Tensor) -> tuple[Tensor, Tensor]:
         """Scores of the candidates `(B, C)` and of every item `(B, num_items + 1)`, the states encoded once."""
-        network = self.network
-        encoder = network.encoder
-        vectors = self.cached_while_unchanged(
-            "all_item_vectors", encoder.all_item_vectors, encoder.item_embedding.weight, encoder.item_proj.weight
-        )
-        scores_all = network.head.score_all(encoder(batch["history"]), vectors)
-        return scores_all.gather(1, candidates.long()), scores_all
+        return self.scores_from_all_items(batch, candidates)
