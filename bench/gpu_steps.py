@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import os
 import statistics
@@ -41,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lit_rec.cli import make_cli  # noqa: E402
+from train_step import StepClock, shipped_callbacks, steady_rate  # noqa: E402 - bench/train_step.py, beside this file
 
-WARMUP = 2  # steps of each fit before the clock starts
 METHODS = {
     "DQN": ("configs/dqn.yaml", lambda s: [f"--model.init_args.num_envs={256 * s}", f"--model.init_args.batch_size_rl={256 * s}"]),
     "DADRL": ("configs/dadrl.yaml", lambda s: [f"--data.batch_size={80 * s}"]),
@@ -61,22 +60,13 @@ def log(message: str) -> None:
     print(f"[bench/gpu_steps] {message}", file=sys.stderr, flush=True)
 
 
-class StepClock(L.Callback):
-    """Wall time at the start of every training batch (after the GPU finished the previous one)."""
-
-    def __init__(self) -> None:
-        self.starts: list[float] = []
+class SyncedStepClock(StepClock):
+    """`StepClock` that first waits for the GPU to finish the previous step."""
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
-        self.starts.append(time.perf_counter())
-
-
-def steady_rate(starts: list[float]) -> float:
-    """Steps per second between the start of step WARMUP and the start of the last step."""
-    assert len(starts) > WARMUP + 1, f"a fit needs more than {WARMUP + 1} steps"
-    return (len(starts) - 1 - WARMUP) / (starts[-1] - starts[WARMUP])
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
 
 class Side:
@@ -100,11 +90,8 @@ class Side:
     def fit(self, steps: int) -> float:
         """One `Trainer.fit` of `steps` steps on this side's module; its steady steps/s."""
         torch.set_num_threads(self.threads or os.cpu_count() or 1)
-        clock = StepClock()
-        callbacks = []
-        for spec in self.callback_specs:
-            module, name = spec["class_path"].rsplit(".", 1)
-            callbacks.append(getattr(importlib.import_module(module), name)(**(spec.get("init_args") or {})))
+        clock = SyncedStepClock()
+        callbacks = shipped_callbacks(self.callback_specs)
         trainer = L.Trainer(accelerator=self.accelerator, devices=1, precision=self.precision, max_steps=steps, max_epochs=-1,
                             limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False,
