@@ -13,7 +13,7 @@ from datamodules.cache import load_or_prepare
 from datamodules.pipeline import SPLIT_NAMES, PipelineConfig, Prepared, format_dropped
 from datamodules.readers import FORMATS, Source
 from datamodules.synthetic import SyntheticConfig
-from datamodules.tensors import RecTensors, build_tensors
+from datamodules.tensors import RecTensors, build_tensors, window_anchors
 
 SPLITS = ("user", "time")
 
@@ -39,7 +39,7 @@ class RecDataModule(L.LightningDataModule):
         history_len: Items in a state (the user's previous items, left-padded with 0).
         eval_ks: Candidate-set sizes k of CTR@k; max(eval_ks) frozen negatives per held-out event.
         train_negatives: Sampled candidates per training step (read by the models).
-        batch_size: Train events per global batch (split across DDP ranks).
+        batch_size: Training windows (runs of up to history_len + 1 consecutive train items) per global batch, split across DDP ranks.
         eval_batch_size: Val/test/predict rows per batch.
         num_workers: Kept for CLI compatibility; batches are in-process tensor gathers (no workers needed).
         cache_dir: Folder of the Parquet cache of prepared frames (None: no cache).
@@ -172,9 +172,15 @@ class RecDataModule(L.LightningDataModule):
         return [head, *(f"data: {line}" for line in format_dropped(s["dropped"]))]
 
     def train_dataloader(self) -> ResumableLoader:
-        """Shuffled, resumable train batches `{"user", "history", "item", "index"}`."""
+        """Shuffled, resumable batches of training windows `{"user", "history", "item", "index"}`.
+
+        A row is a window anchor (`window_anchors`): its `history` followed by its `item` is a run of
+        `history_len + 1` consecutive train items of one user, and over an epoch every train event is
+        a target once. Per-event methods expand a window into its events with `index`.
+        """
         rank, world = self._rank_and_world()
-        return ResumableLoader(self.tensors.train, self.batch_size, self.seed, rank, world)
+        anchors = window_anchors(self.tensors.train.user, self.history_len)
+        return ResumableLoader(self.tensors.train, self.batch_size, self.seed, rank, world, rows=anchors)
 
     def val_dataloader(self) -> EvalLoader:
         """Validation batches `{"user", "history", "candidates", "index"}`, one shard per rank."""

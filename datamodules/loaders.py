@@ -30,6 +30,9 @@ def rank_slice(start: int, stop: int, rank: int, world_size: int) -> tuple[int, 
 class ResumableLoader:
     """Shuffled train batches `{"user", "history", "item", "index"}` whose position survives a checkpoint.
 
+    With `rows` (e.g. `window_anchors`), only those train events are served (`index` is still the
+    event's index in `events`): a batch of window anchors is a batch of training sequences.
+
     Each fresh `iter()` runs one epoch; epoch e is ordered by `randperm` from `epoch_generator(seed, e)`.
     Every rank sees the same global batches of `batch_size` events and takes its contiguous
     slice `[r*b/w, (r+1)*b/w)` of each, so ranks get equally many batches (a final global batch
@@ -55,8 +58,10 @@ class ResumableLoader:
         rank: int = 0,
         world_size: int = 1,
         lookahead: int = 0,
+        rows: torch.Tensor | None = None,
     ) -> None:
         self.events, self.batch_size, self.seed = events, batch_size, seed
+        self.rows = rows
         self.rank, self.world_size, self.lookahead = rank, world_size, lookahead
         self._next_epoch, self._next_start = 0, 0  # where the next fresh iteration starts
         self._epoch: int | None = None  # the epoch being (or last) iterated
@@ -65,7 +70,7 @@ class ResumableLoader:
 
     def __len__(self) -> int:
         """Batches per epoch (the same on every rank)."""
-        total = len(self.events)
+        total = self._total()
         batches = -(-total // self.batch_size)
         if batches and total - (batches - 1) * self.batch_size < self.world_size:
             batches -= 1
@@ -76,8 +81,10 @@ class ResumableLoader:
         epoch, start = self._next_epoch, self._next_start
         self._epoch, self._yielded, self._exhausted = epoch, start, False
         self._next_epoch, self._next_start = epoch + 1, 0
-        total = len(self.events)
+        total = self._total()
         order = torch.randperm(total, generator=epoch_generator(self.seed, epoch))
+        if self.rows is not None:
+            order = self.rows[order]
         for batch in range(start, len(self)):
             first, last = batch * self.batch_size, min((batch + 1) * self.batch_size, total)
             lo, hi = rank_slice(first, last, self.rank, self.world_size)
@@ -90,6 +97,9 @@ class ResumableLoader:
                 "index": index,
             }
         self._exhausted = True
+
+    def _total(self) -> int:
+        return len(self.events) if self.rows is None else self.rows.numel()
 
     def state_dict(self) -> dict[str, int]:
         """`{"epoch", "consumed"}`: batches of that epoch the training step has finished (see class doc)."""

@@ -88,6 +88,20 @@ def histories(sequence: torch.Tensor, end: torch.Tensor, start: torch.Tensor, le
     return sequence[index.clamp_min_(0)].masked_fill_(before, PAD)  # in place: 1.5x faster than a where
 
 
+def window_anchors(user: torch.Tensor, length: int) -> torch.Tensor:
+    """Indices of the train events that end a training window: each user's last event, then every `length`-th before it.
+
+    `user (E,)` is sorted (the train events grouped by user, chronological). The window of an anchor
+    `e` is its history `history[e]` (the `length` items before it) followed by `item[e]`: its causal
+    outputs predict the window's `length` items, so over all anchors every train event is a target once.
+    """
+    if not user.numel():
+        return torch.zeros(0, dtype=torch.long)
+    offsets = csr_offsets(user, int(user.max()) + 1)
+    from_end = offsets[user + 1] - 1 - torch.arange(user.numel())
+    return torch.nonzero(from_end % length == 0).squeeze(1)
+
+
 def build_tensors(prepared: Prepared, history_len: int) -> RecTensors:
     """Builds `RecTensors`; histories are one gather on the all-splits CSR (events sorted by user, pos)."""
     with single_threaded():

@@ -38,10 +38,11 @@ class LitRecCLI(LightningCLI):
     """LightningCLI that links the data's sizes into the model."""
 
     def add_arguments_to_parser(self, parser: Any) -> None:
-        """Links `num_items`/`num_users` at instantiation and `eval_ks` at parse time."""
+        """Links `num_items`/`num_users` at instantiation and `eval_ks`, `history_len` at parse time."""
         parser.link_arguments("data.num_items", "model.init_args.num_items", apply_on="instantiate")
         parser.link_arguments("data.num_users", "model.init_args.num_users", apply_on="instantiate")
         parser.link_arguments("data.eval_ks", "model.init_args.eval_ks")
+        parser.link_arguments("data.history_len", "model.init_args.history_len")
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
         """Parses, then loads `--ckpt_path` once: a bad file is one line before Lightning reads it."""

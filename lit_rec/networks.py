@@ -1,8 +1,9 @@
 """Networks shared by every neural lit_rec agent: the sequence encoder and its Q, actor and critic heads.
 
 Shapes: `history (B, L)` item ids, left-padded with PAD = 0, most recent last (L <= history_len);
-`candidates (B, C)` item ids; `state` / hint `(B, H)` with H = `hint_dim`. Every module here is
-TorchScript-compatible, so `lit_rec.export` can write a self-contained artefact.
+`candidates (B, C)` item ids; `state` (the hint DRL-Rec distils) `(B, D)`, or `(B, L, D)` for every
+prefix of a window, with D = `dim`. Every module here is TorchScript-compatible, so `lit_rec.export`
+can write a self-contained artefact.
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["ActorCritic", "ActorHead", "CriticHead", "QHead", "QNetwork", "SeqEncoder", "count_parameters"]
-
-ITEM_INIT_STD = 0.1  # N(0, 0.1) item embeddings learn; N(0, 1) leaves dot-product Q-learning at random (PITFALLS.md)
-
 
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters."""
@@ -55,39 +53,41 @@ class CausalBlock(nn.Module):
 
 
 class SeqEncoder(nn.Module):
-    """Item embedding + positions -> causal Transformer -> GRU -> MLP ending in the `hint_dim` tanh (hint) layer.
+    """SASRec (Kang and McAuley 2018): item embedding + learned positions -> causal Transformer blocks -> LayerNorm.
 
-    PAD positions are masked out everywhere (attention keys, GRU updates) and positions count from
-    the most recent item, so the state depends only on the non-PAD items: left-padding invariant.
-    A fully-PAD history gives a finite constant state.
+    `sequence(history)` gives the state after every prefix of a window in one pass (causal
+    attention); `forward(history)` the state after the whole history (its last position). Items
+    are scored by the dot product of a (head-transformed) state with their embedding (tied
+    input and output embeddings), so the whole catalogue is one matrix product. PAD keys are
+    masked and positions count from the most recent item, so a state depends only on the non-PAD
+    items: left-padding invariant. A fully-PAD history gives a finite constant state.
     """
 
     def __init__(
         self,
         num_items: int,
         dim: int = 64,
-        history_len: int = 10,
-        num_layers: int = 1,
+        history_len: int = 50,
+        num_layers: int = 2,
         num_heads: int = 2,
-        hint_dim: int = 32,
-        dropout: float = 0.1,
+        dropout: float = 0.2,
+        item_init_std: float = 0.02,
     ) -> None:
         """Args:
         num_items: catalogue size (ids 1..num_items; 0 is PAD).
-        dim: width of the embeddings, the Transformer and the GRU (the teacher/student knob).
+        dim: width of the embeddings, the Transformer and the state (the teacher/student knob).
         history_len: longest history; histories are `(B, L)` with L <= history_len.
         num_layers: causal Transformer blocks.
         num_heads: attention heads per block (must divide dim).
-        hint_dim: width of the state (hint layer) and of the item vectors scored against it.
         dropout: dropout of embeddings, attention and MLPs during training.
+        item_init_std: standard deviation of the item embeddings at initialisation.
         """
         super().__init__()
         self.num_items = num_items
         self.dim = dim
         self.history_len = history_len
-        self.hint_dim = hint_dim
         self.item_embedding = nn.Embedding(num_items + 1, dim, padding_idx=0)
-        nn.init.normal_(self.item_embedding.weight, std=ITEM_INIT_STD)
+        nn.init.normal_(self.item_embedding.weight, std=item_init_std)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
         # index history_len - 1 is the most recent item; a shorter history uses the last L rows
@@ -95,12 +95,9 @@ class SeqEncoder(nn.Module):
         self.input_drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList([CausalBlock(dim, num_heads, dropout) for _ in range(num_layers)])
         self.norm = nn.LayerNorm(dim)
-        self.gru = nn.GRUCell(dim, dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, hint_dim), nn.Tanh())
-        self.item_proj = nn.Linear(dim, hint_dim, bias=False)
 
-    def forward(self, history: Tensor) -> Tensor:
-        """State (hint) `(B, hint_dim)` of left-padded histories `(B, L)`."""
+    def sequence(self, history: Tensor) -> Tensor:
+        """States `(B, L, D)` after every prefix of left-padded histories `(B, L)` (position t has seen items 0..t)."""
         assert history.dim() == 2, f"history must be (B, L) item ids, got shape {history.shape}"
         assert not history.is_floating_point(), f"history must hold integer item ids, got {history.dtype}"
         l = history.shape[1]
@@ -114,34 +111,35 @@ class SeqEncoder(nn.Module):
         allowed = (causal & (is_item.unsqueeze(1) | diagonal)).unsqueeze(1)
         for block in self.blocks:
             x = block(x, allowed)
-        x = self.norm(x)
-        h = torch.zeros_like(x[:, 0])  # vmap-safe (DADRL takes per-client gradients)
-        for t in range(l):  # L <= history_len steps; PAD steps keep the hidden state unchanged
-            h = torch.where(is_item[:, t : t + 1], self.gru(x[:, t], h), h)
-        return self.mlp(h)
+        return self.norm(x)
+
+    def forward(self, history: Tensor) -> Tensor:
+        """State `(B, D)` after the whole of each left-padded history `(B, L)`."""
+        return self.sequence(history)[:, -1]
 
     @torch.jit.export
     def item_vectors(self, items: Tensor) -> Tensor:
-        """Item vectors `(B, C, hint_dim)`: the item embedding projected to the state's width."""
-        if items.numel() > self.num_items + 1:  # projecting the catalogue once is cheaper than every candidate
-            return self.all_item_vectors()[items]
-        return self.item_proj(self.item_embedding(items))
+        """Item vectors `(..., D)` of item ids `(...)`: their embeddings."""
+        return self.item_embedding(items)
 
     @torch.jit.export
     def all_item_vectors(self) -> Tensor:
-        """Vectors of every item id `(num_items + 1, hint_dim)` (row 0 is PAD)."""
-        return self.item_proj(self.item_embedding.weight)
+        """Vectors of every item id `(num_items + 1, D)` (row 0 is PAD)."""
+        return self.item_embedding.weight
 
 
 class QHead(nn.Module):
-    """Q(state, item) = <W state + b, item vector>: a bilinear score of every candidate."""
+    """Q(state, item) = <W state + b, item vector>: a bilinear score of every candidate (W starts as the identity: SASRec's dot product)."""
 
-    def __init__(self, hint_dim: int) -> None:
+    def __init__(self, dim: int) -> None:
         """Args:
-        hint_dim: width of the state and of the item vectors.
+        dim: width of the state and of the item vectors.
         """
         super().__init__()
-        self.query = nn.Linear(hint_dim, hint_dim)
+        self.query = nn.Linear(dim, dim)
+        with torch.no_grad():
+            self.query.weight.copy_(torch.eye(dim))
+            self.query.bias.zero_()
 
     def forward(self, state: Tensor, item_vectors: Tensor) -> Tensor:
         """Scores `(B, C)` of `item_vectors (B, C, H)` in `state (B, H)`."""
@@ -149,7 +147,7 @@ class QHead(nn.Module):
 
     @torch.jit.export
     def score_all(self, state: Tensor, all_item_vectors: Tensor) -> Tensor:
-        """Scores `(B, N)` of the same items `(N, H)` for every state, as one matrix product."""
+        """Scores `(..., N)` of the same items `(N, H)` for every state `(..., H)`, as one matrix product."""
         return self.query(state) @ all_item_vectors.T
 
 
@@ -158,18 +156,18 @@ class ActorHead(QHead):
 
 
 class CriticHead(nn.Module):
-    """State value V(state) `(B,)` from a small MLP."""
+    """State value V(state) from a small MLP."""
 
-    def __init__(self, hint_dim: int) -> None:
+    def __init__(self, dim: int) -> None:
         """Args:
-        hint_dim: width of the state.
+        dim: width of the state.
         """
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(hint_dim, hint_dim), nn.Tanh(), nn.Linear(hint_dim, 1))
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1))
 
     def forward(self, state: Tensor) -> Tensor:
-        """Values `(B,)` of `state (B, H)`."""
-        return self.mlp(state).squeeze(1)
+        """Values `(...)` of `state (..., D)`."""
+        return self.mlp(state).squeeze(-1)
 
 
 class QNetwork(nn.Module):
@@ -195,6 +193,11 @@ class QNetwork(nn.Module):
     def score_all(self, history: Tensor) -> Tensor:
         """Q-values of every item id `(B, num_items + 1)` (column 0 is PAD)."""
         return self.head.score_all(self.encoder(history), self.encoder.all_item_vectors())
+
+    def sequence_scores(self, history: Tensor) -> tuple[Tensor, Tensor]:
+        """`(Q-values of every item after every prefix (B, L, num_items + 1), states (B, L, D))` of windows `(B, L)`."""
+        states = self.encoder.sequence(history)
+        return self.head.score_all(states, self.encoder.all_item_vectors()), states
 
 
 class ActorCritic(nn.Module):
@@ -222,3 +225,8 @@ class ActorCritic(nn.Module):
     def score_all(self, history: Tensor) -> Tensor:
         """Actor logits of every item id `(B, num_items + 1)` (column 0 is PAD)."""
         return self.actor.score_all(self.encoder(history), self.encoder.all_item_vectors())
+
+    def sequence_scores(self, history: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """`(actor logits of every item (B, L, num_items + 1), values (B, L), states (B, L, D))` after every prefix of windows `(B, L)`."""
+        states = self.encoder.sequence(history)
+        return self.actor.score_all(states, self.encoder.all_item_vectors()), self.critic(states), states

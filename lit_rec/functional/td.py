@@ -39,3 +39,36 @@ def epsilon_at(step: int, start: float, end: float, decay_steps: int) -> float:
         return end
     fraction = min(max(step, 0) / decay_steps, 1.0)
     return start + fraction * (end - start)
+
+
+def next_state_values(next_q_target: Tensor, next_q_online: Tensor | None = None) -> Tensor:
+    """V(s') `(...)` from Q-values `(..., C)` of the next states: `max Q_target` (DQN), or `Q_target` at `argmax Q_online` (Double DQN)."""
+    if next_q_online is None:
+        return next_q_target.max(dim=-1).values
+    assert next_q_online.shape == next_q_target.shape, f"online {tuple(next_q_online.shape)} != target {tuple(next_q_target.shape)}"
+    return next_q_target.gather(-1, next_q_online.argmax(dim=-1, keepdim=True)).squeeze(-1)
+
+
+def replay_td_loss(
+    q: Tensor, logged: Tensor, competing: Tensor, next_value: Tensor, gamma: float, kind: Literal["huber", "mse"] = "huber"
+) -> Tensor:
+    """TD loss per state `(...)` for every action at once, in replay: `Q*(s, a) = 1[a = logged] + gamma V(s')`.
+
+    In offline replay the reward of every action is known (1 for the logged item, 0 otherwise) and the
+    next state does not depend on the action, so each competing column has a target. `q (..., C)`,
+    `logged (...)` the logged column, `competing` bool broadcastable to `q`, `next_value (...)` detached.
+    The loss is the logged action's TD error plus the mean over the other competing actions.
+    """
+    target = (gamma * next_value.detach()).unsqueeze(-1).expand_as(q)
+    reward = torch.zeros_like(q).scatter_(-1, logged.unsqueeze(-1), 1.0)
+    safe_q = torch.where(competing, q, target + reward)  # non-competing columns (maybe -inf) add nothing
+    if kind == "huber":
+        per_action = torch.nn.functional.smooth_l1_loss(safe_q, target + reward, beta=1.0, reduction="none")
+    elif kind == "mse":
+        per_action = torch.nn.functional.mse_loss(safe_q, target + reward, reduction="none")
+    else:
+        raise ValueError(f"td loss kind must be 'huber' or 'mse', got {kind!r}")
+    logged_term = per_action.gather(-1, logged.unsqueeze(-1)).squeeze(-1)
+    others = competing & (reward == 0)
+    other_term = (per_action * others).sum(-1) / others.sum(-1).clamp_min(1)
+    return logged_term + other_term

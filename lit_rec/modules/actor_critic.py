@@ -5,12 +5,15 @@ are ignored, so an epoch has as many server steps as the data has train batches)
 1. the arrival model names the clients reporting now (the cohort); each computes with the
    version it downloaded earlier: Δ = server version - its version. A version that has left
    the ring buffer (Δ > max_staleness) is dropped, clamped to the oldest or refreshed;
-2. each client replays the next `t_max` events of its own episode (the logged positive plus
-   the data's `train_negatives` items outside its train items; reward 1 for choosing the logged one), with
-   its stale copy: `functional_call` on the stored flat version, one batched call per distinct
-   version (vmapped over the clients that hold it), no loop over clients or events;
-3. the A2C loss (n-step returns, advantage, value loss, entropy bonus; `lit_rec.functional.a2c`)
-   gives each client's gradient, clipped to `clip_norm`; private user vectors take a local step;
+2. each client replays its next `t_max` events (at most `history_len`) as one training window:
+   its last `history_len` items, encoded in one causal pass (every prefix's state), the actor
+   scoring the whole catalogue and the critic valuing each state, with its stale copy
+   (`functional_call` on its stored flat version, vmapped over the clients: no loop over clients
+   or events);
+3. the loss (`lit_rec.functional.a2c.window_a2c_loss`, SAC-style: the actor's cross-entropy of the
+   logged item weighted by 1 + the critic's advantage, the critic's regression on the policy's
+   returns, an optional entropy bonus) over the client's new positions gives each client's
+   gradient, clipped to `clip_norm`; private user vectors take a local step;
 4. the server (`lit_rec.federated.Server`) gets only `(gradients, base_version)`, weights them by
    s(Δ) (relative weights, and their mean multiplies the step size), and steps the optimiser
    through the Lightning optimizer, so `global_step` advances even when every update was dropped;
@@ -18,11 +21,11 @@ are ignored, so an epoch has as many server steps as the data has train batches)
 
 Modes (the same steps with different settings):
 - `dadrl`: per-client gradients, `sessions` or `exponential` arrivals, staleness weights,
-  private user vectors (added to the actor's logits) on by default.
+  private user vectors (added to the actor's query) on by default.
 - `a2c_f`: centralised synchronous A2C: a cohort on the latest version, one pooled gradient
-  (mean of the clients' losses) clipped as a whole; no private parameters.
+  (over all the cohort's positions) clipped as a whole; no private parameters.
 - `a2c_d`: synchronous FedAvg: each client starts from the global model, takes `local_steps`
-  local SGD steps (`client_lr`) on its own consecutive `t_max`-event chunks, and sends its model
+  local SGD steps (`client_lr`) on its own consecutive `t_max`-event windows, and sends its model
   change; the server averages them (server `sgd` with lr 1 gives plain FedAvg).
 
 DDP: cohorts are drawn identically on every rank (replicated, seeded simulation state); rank r
@@ -37,40 +40,36 @@ from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lit_rec.envs import ExcludedItemSampler
 from lit_rec.federated import ArrivalModel, Clients, GaussianMechanism, Server, make_arrivals
-from lit_rec.functional.a2c import a2c_loss, clip_rows, expected_a2c_loss, clip_scale, gumbel_actions, nstep_returns, standard_gumbel
+from lit_rec.functional.a2c import clip_rows, clip_scale, window_a2c_loss
+from lit_rec.functional.next_item import SOFTMAX, full_catalogue, greedy_hits, sampled_catalogue
 from lit_rec.functional.staleness import resolve_stale_versions, staleness_weight
 from lit_rec.modules.base import RecModule
 from lit_rec.networks import ActorCritic, ActorHead, CriticHead, SeqEncoder
 from lit_rec.sampling import SeededGenerator
 
 MODES = ("dadrl", "a2c_f", "a2c_d")
-EMBEDDING = "net.encoder.item_embedding.weight"  # name of the item table inside `PolicyValue`
 
 
 class PolicyValue(nn.Module):
-    """`ActorCritic` plus an optional private user vector whose dot product with each item vector is added to the logits."""
+    """`ActorCritic` plus an optional private user vector added to the actor's query (a per-user score of every item)."""
 
     def __init__(self, net: ActorCritic) -> None:
         super().__init__()
         self.net = net
 
-    def forward(self, history: Tensor, candidates: Tensor, user_vector: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """`history (n, T+1, L)`, `candidates (n, T, C)`, `user_vector (n, d)` -> `(logits (n, T, C), values (n, T+1))`."""
-        n, t1, length = history.shape
-        t, c = candidates.shape[1:]
-        assert t1 == t + 1, f"history needs T+1 = {t + 1} states (the last one bootstraps), got {t1}"
-        state = self.net.encoder(history.reshape(n * t1, length)).view(n, t1, -1)
-        items = self.net.encoder.item_vectors(candidates.reshape(n * t, c)).view(n, t, c, -1)
-        logits = self.net.actor(state[:, :t].reshape(n * t, -1), items.view(n * t, c, -1)).view(n, t, c)
+    def forward(self, history: Tensor, user_vector: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """`history (n, L)` windows, `user_vector (n, D)` -> `(actor queries after every prefix (n, L, D), values (n, L))`."""
+        states = self.net.encoder.sequence(history)
+        query = self.net.actor.query(states)
         if user_vector is not None:
-            logits = logits + torch.einsum("ntcd,nd->ntc", items, user_vector)
-        return logits, self.net.critic(state.reshape(n * t1, -1)).view(n, t1)
+            query = query + user_vector.unsqueeze(1)
+        return query, self.net.critic(states)
 
     def score(self, history: Tensor, candidates: Tensor, user_vector: Tensor | None = None) -> Tensor:
         """Actor logits `(B, C)` of `history (B, L)` and `candidates (B, C)`."""
@@ -80,17 +79,11 @@ class PolicyValue(nn.Module):
         return logits
 
     def score_all(self, history: Tensor, item_vectors: Tensor, user_vector: Tensor | None = None) -> Tensor:
-        """Actor logits of every item id `(B, num_items + 1)`, given every item's vector `(num_items + 1, H)`."""
+        """Actor logits of every item id `(B, num_items + 1)`, given every item's vector `(num_items + 1, D)`."""
         logits = self.net.actor.score_all(self.net.encoder(history), item_vectors)
         if user_vector is not None:
             logits = logits + user_vector @ item_vectors.T
         return logits
-
-
-def _batch_hidden_like_input(module: nn.Module, args: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    """GRUCell pre-hook: gives the hidden state the input's batch dims so the encoder runs under `vmap`."""
-    x, h = args
-    return x, h + torch.zeros_like(x[..., :1])
 
 
 class ActorCriticRec(RecModule):
@@ -99,11 +92,12 @@ class ActorCriticRec(RecModule):
     def __init__(
         self,
         mode: Literal["dadrl", "a2c_f", "a2c_d"] = "dadrl",
-        t_max: int = 5,
-        gamma: float = 0.9,
-        policy_gradient: Literal["sampled", "expected"] = "sampled",
+        t_max: int | None = None,
+        gamma: float = 0.5,
+        ce_weight: float = 1.0,
+        pg_weight: float = 1.0,
         value_coef: float = 0.5,
-        entropy_coef: float = 0.01,
+        entropy_coef: float = 0.0,
         clip_norm: float = 5.0,
         lr: float = 1e-3,
         server_optimizer: Literal["adam", "sgd"] = "adam",
@@ -123,29 +117,29 @@ class ActorCriticRec(RecModule):
         client_chunk: int = 64,
         dp_noise_multiplier: float = 0.0,
         dp_delta: float = 1e-5,
-        history_len: int = 10,
         dim: int = 64,
-        num_layers: int = 1,
+        num_layers: int = 2,
         num_heads: int = 2,
-        hint_dim: int = 32,
-        dropout: float = 0.0,
+        dropout: float = 0.2,
+        item_init_std: float = 0.02,
+        softmax: Literal["full", "sampled"] = "full",
+        sampled_negatives: int = 1024,
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
         """Args:
         mode: `dadrl` (asynchronous, staleness-weighted), `a2c_f` (centralised) or `a2c_d` (FedAvg).
-        t_max: events a client replays per rollout (n-step horizon).
-        gamma: discount factor.
-        policy_gradient: `sampled`: the classic A2C term on the action the client sampled;
-            `expected`: summed over every candidate with its known replay reward (Mean
-            Actor-Critic; the same expectation without the sampling noise).
+        t_max: events a client replays per rollout, trained as one window (None: `history_len`, at most that).
+        gamma: discount factor of the critic's returns.
+        ce_weight: weight of the actor's plain cross-entropy of the logged item (the supervised signal).
+        pg_weight: weight of the advantage in the actor's cross-entropy weight (0: supervised actor only).
         value_coef: weight of the value loss.
         entropy_coef: weight of the entropy bonus.
         clip_norm: clip each client's gradient (a2c_f: the pooled gradient) to this L2 norm.
         lr: server learning rate (before the staleness multiplier).
         server_optimizer: `adam`, or `sgd` (with lr 1 and a2c_d: plain FedAvg).
-        cohort_size: clients per server step; None: the data's batch size / (t_max * local_steps),
-            so an epoch is about one pass over the train events.
+        cohort_size: clients per server step; None: the data's batch size / local_steps, so an
+            epoch is about one pass over the train events.
         personalization: private user vectors on the clients; None: on for dadrl, off otherwise.
         private_lr: step size of the clients' local SGD on their private vectors.
         arrival: `sessions`, `exponential`, `synchronous` or `poisson` (each client independently
@@ -167,13 +161,14 @@ class ActorCriticRec(RecModule):
             noise of std `dp_noise_multiplier * clip_norm` to their sum, and opacus's RDP
             accountant logs `privacy/epsilon` at `dp_delta`.
         dp_delta: the δ at which epsilon is reported.
-        history_len: items in a state; must equal the data's `history_len`.
-        dim: width of the encoder's embeddings, Transformer and GRU.
+        dim: width of the encoder's embeddings, Transformer, state and private user vectors.
         num_layers: causal Transformer blocks.
         num_heads: attention heads (must divide dim).
-        hint_dim: width of the state, item vectors and private user vectors.
-        dropout: encoder dropout (0 keeps every rank and resume bit-exact).
-        seed: seed of the initialisation, the arrival model, candidates and action sampling.
+        dropout: encoder dropout during training.
+        item_init_std: standard deviation of the item embeddings at initialisation.
+        softmax: the actor's columns: the `full` catalogue, or a `sampled` logQ-corrected softmax (one sample per server step).
+        sampled_negatives: items per server step of the sampled softmax.
+        seed: seed of the initialisation, the arrival model and the samplers.
         """
         super().__init__(**kwargs)
         if mode not in MODES:
@@ -191,37 +186,37 @@ class ActorCriticRec(RecModule):
             )
         if mode != "a2c_d" and local_steps != 1:
             raise ValueError(f"local_steps applies to a2c_d only (FedAvg), got {local_steps} with mode {mode}")
+        t_max = self.history_len if t_max is None else t_max
+        if not 1 <= t_max <= self.history_len:
+            raise ValueError(f"t_max must be in 1..history_len={self.history_len} (one window per rollout), got {t_max}")
+        if softmax not in SOFTMAX:
+            raise ValueError(f"softmax must be one of {SOFTMAX}, got {softmax!r}")
         self.save_hyperparameters(ignore=["num_items", "num_users", "eval_ks", "full_ranking", "eval_chunk_size"])
         self.automatic_optimization = False
         self.mode, self.personalization, self.arrival_kind = mode, personalization, arrival
-        if policy_gradient not in ("sampled", "expected"):
-            raise ValueError(f"policy_gradient must be 'sampled' or 'expected', got {policy_gradient!r}")
-        self.policy_gradient = policy_gradient
-        self.t_max, self.gamma, self.value_coef, self.entropy_coef, self.clip_norm = t_max, gamma, value_coef, entropy_coef, clip_norm
+        self.t_max, self.gamma, self.ce_weight, self.pg_weight = t_max, gamma, ce_weight, pg_weight
+        self.value_coef, self.entropy_coef, self.clip_norm = value_coef, entropy_coef, clip_norm
         self.lr, self.server_optimizer, self.cohort_size = lr, server_optimizer, cohort_size
         self.private_lr, self.concurrency, self.delay_spread = private_lr, concurrency, delay_spread
         self.weighting, self.weight_a, self.weight_b = weighting, weight_a, weight_b
         self.max_staleness, self.stale_policy = max_staleness, stale_policy
         self.local_steps, self.client_lr, self.client_chunk = local_steps, client_lr, client_chunk
-        self.history_len, self.hint_dim, self.seed = history_len, hint_dim, seed
+        self.dim, self.dropout, self.seed = dim, dropout, seed
+        self.softmax, self.sampled_negatives = softmax, sampled_negatives
         self.dp_noise_multiplier, self.dp_delta = dp_noise_multiplier, dp_delta
         with torch.random.fork_rng(devices=[]):  # the initialisation depends on `seed` only
             torch.manual_seed(seed)
-            encoder = SeqEncoder(self.num_items, dim, history_len, num_layers, num_heads, hint_dim, dropout)
-            self.policy = PolicyValue(ActorCritic(encoder, ActorHead(hint_dim), CriticHead(hint_dim)))
-        encoder.gru.register_forward_pre_hook(_batch_hidden_like_input)
+            encoder = SeqEncoder(self.num_items, dim, self.history_len, num_layers, num_heads, dropout, item_init_std)
+            self.policy = PolicyValue(ActorCritic(encoder, ActorHead(dim), CriticHead(dim)))
         named = list(self.policy.named_parameters())
-        start = sum(p.numel() for _, p in named[: [n for n, _ in named].index(EMBEDDING)])
-        self._embedding_shape = encoder.item_embedding.weight.shape
-        self._embedding_span = (start, start + encoder.item_embedding.weight.numel())
-        self._other_names = [n for n, _ in named if n != EMBEDDING]
-        self._other_shapes = [p.shape for n, p in named if n != EMBEDDING]
+        self._names = [n for n, _ in named]
+        self._shapes = [p.shape for _, p in named]
         self.rng = SeededGenerator(seed + 1)
         self.clients: Clients | None = None
         self.arrivals: ArrivalModel | None = None
         self.server: Server | None = None
-        self.negatives: ExcludedItemSampler | None = None
         self._pending_state: dict[str, Any] | None = None
+        self._log_q: Tensor | None = None
         self.federated_stats: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ setup
@@ -232,19 +227,20 @@ class ActorCriticRec(RecModule):
         return torch.optim.Adam(self.policy.parameters(), lr=self.lr)
 
     def _build_federation(self) -> None:
-        """Clients, arrival model, server and candidate sampler on the module's device (once; restores a pending checkpoint)."""
+        """Clients, arrival model and server on the module's device (once; restores a pending checkpoint)."""
         if self.clients is not None:
             return
         tensors, device = self.tensors, self.device
-        offsets, sequence = tensors.train_offsets.to(device), tensors.train_sequence.to(device)
-        self.clients = Clients(offsets, self.hint_dim if self.personalization else 0, self.private_lr)
-        self.negatives = ExcludedItemSampler(offsets, sequence, self.num_items).to(device)
-        self.train_negatives = int(getattr(self.trainer.datamodule, "train_negatives", 10))  # RecDataModule's contract
+        self.clients = Clients(tensors.train_offsets.to(device), self.dim if self.personalization else 0, self.private_lr)
         self._train_history, self._train_item = tensors.train.history.to(device), tensors.train.item.to(device)
+        counts = tensors.item_popularity.double() + 1.0
+        counts[0] = 0.0
+        self._sampling_probability = (counts / counts.sum()).float()
+        self._log_q = torch.log((self._sampling_probability * self.sampled_negatives).clamp_min(1e-12)).to(device)
         cohort = self.cohort_size
         if cohort is None:
             batch = getattr(self.trainer.datamodule, "batch_size", 256)
-            cohort = max(1, batch // (self.t_max * self.local_steps))
+            cohort = max(1, batch // self.local_steps)
         self.arrivals = make_arrivals(self.arrival_kind, self.clients.lengths, cohort, self.seed + 2, self.concurrency, self.delay_spread)
         privacy = None
         if self.dp_noise_multiplier > 0:
@@ -277,106 +273,83 @@ class ActorCriticRec(RecModule):
         """Private vectors are needed to score."""
         self._build_federation()
 
-    # ------------------------------------------------------------------ flat parameters
-    def _split(self, flat: Tensor) -> tuple[Tensor, Tensor]:
-        """A flat version `(..., P)` as (every parameter but the item embedding `(..., P_o)`, the embedding `(..., V+1, D)`)."""
-        start, stop = self._embedding_span
-        other = torch.cat([flat[..., :start], flat[..., stop:]], dim=-1)
-        return other, flat[..., start:stop].unflatten(-1, self._embedding_shape)
+    # ------------------------------------------------------------------ one client's loss
+    def _params(self, flat: Tensor) -> dict[str, Tensor]:
+        """Named parameters for `functional_call`: views of one flat version `(P,)`."""
+        chunks = torch.split(flat, [s.numel() for s in self._shapes])
+        return {name: chunk.view(shape) for name, chunk, shape in zip(self._names, chunks, self._shapes)}
 
-    def _join(self, other: Tensor, embedding: Tensor) -> Tensor:
-        """Inverse of `_split`: `(n, P_o)` and `(n, V+1, D)` -> `(n, P)`."""
-        start, _ = self._embedding_span
-        return torch.cat([other[:, :start], embedding.flatten(1), other[:, start:]], dim=1)
-
-    def _params(self, other: Tensor, table: Tensor) -> dict[str, Tensor]:
-        """Named parameters for `functional_call`: views of `other (P_o,)` and an item table `(R, D)` as the embedding."""
-        chunks = torch.split(other, [s.numel() for s in self._other_shapes])
-        named = {name: chunk.view(shape) for name, chunk, shape in zip(self._other_names, chunks, self._other_shapes)}
-        return {**named, EMBEDDING: table}
-
-    @staticmethod
-    def _localise(data: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """Each client's distinct items `(n, R)` (PAD first) and its data with item ids made local to that list.
-
-        A client's gradient touches only the embedding rows of its own items, so per-client
-        gradients are taken with respect to these small tables instead of the whole catalogue.
-        """
-        history, candidates = data["history"], data["candidates"]
-        n = history.shape[0]
-        ids = torch.cat([torch.zeros(n, 1, dtype=history.dtype, device=history.device), history.flatten(1), candidates.flatten(1)], 1)
-        ordered, order = ids.sort(dim=1)
-        is_new = torch.ones_like(ordered, dtype=torch.bool)
-        is_new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-        local_sorted = is_new.long().cumsum(1) - 1
-        items = torch.zeros(n, int(local_sorted.max()) + 1, dtype=ids.dtype, device=ids.device)
-        items.scatter_(1, local_sorted, ordered)  # unused slots stay PAD: never referenced, zero gradient
-        local = torch.empty_like(ids).scatter_(1, order, local_sorted)
-        split = 1 + history[0].numel()
-        local_data = {**data, "history": local[:, 1:split].view_as(history), "candidates": local[:, split:].view_as(candidates)}
-        return items, local_data
-
-    def _rollout_loss(self, other: Tensor, table: Tensor, user_vector: Tensor | None, data: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """A2C loss `(n,)` of each client's rollout with parameters (`other`, item `table`); aux: rewards `(n, T)`, steps, loss parts."""
-        logits, values = functional_call(self.policy, self._params(other, table), (data["history"], data["candidates"], user_vector))
-        actions = gumbel_actions(logits, data["gumbel"])
-        rewards = (actions == 0).float()  # the logged positive is column 0; the policy scores columns independently
-        t = logits.shape[1]
-        mask = data["valid"][:, :t]
-        bootstrap = values[:, t].detach() * data["valid"][:, t]  # 0 after the user's last event: terminal
-        if self.policy_gradient == "expected":
-            candidate_rewards = (torch.arange(logits.shape[-1], device=logits.device) == 0).to(logits.dtype).expand_as(logits)
-            loss, parts = expected_a2c_loss(logits, candidate_rewards, values[:, :t], bootstrap, mask, self.gamma, self.value_coef, self.entropy_coef)
+    def _window_loss(self, flat: Tensor, user_vector: Tensor | None, data: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Summed loss over the counted positions of windows `data["history"] (n, L)` with one flat version; aux per window."""
+        params = self._params(flat)
+        query, values = functional_call(self.policy, params, (data["history"], user_vector))
+        item_table = params["net.encoder.item_embedding.weight"]
+        if self.softmax == "full":
+            columns = full_catalogue(query @ item_table.T, data["targets"])
         else:
-            returns = nstep_returns(rewards, bootstrap, mask, self.gamma)
-            loss, parts = a2c_loss(logits, actions, values[:, :t], returns, mask, self.value_coef, self.entropy_coef)
-        return loss, {"loss": loss, "rewards": rewards * mask, "steps": mask.float().sum(-1), **parts}
+            assert self._log_q is not None
+            columns = sampled_catalogue(query, item_table, data["targets"], data["negatives"], self._log_q)
+        log_probs = F.log_softmax(columns.logits(), dim=-1)
+        mask = data["mask"]
+        loss, parts = window_a2c_loss(
+            log_probs, columns.target, values, mask, self.gamma, self.ce_weight, self.pg_weight, self.value_coef, self.entropy_coef
+        )
+        with torch.no_grad():
+            hits = greedy_hits(columns.masked_scores(), columns.target, data["rivals"]) & mask
+        return loss, {**parts, "loss": loss, "hits": hits.float().sum(-1)}
 
     def _per_client_gradients(
-        self, other: Tensor, tables: Tensor, private: Tensor | None, data: dict[str, Tensor], batched_params: bool = False
-    ) -> tuple[Tensor, Tensor, Tensor | None, dict[str, Tensor]]:
-        """Each client's gradient w.r.t. `other` `(n, P_o)`, its item table `(n, R, D)` and its private vector, one vmapped call."""
+        self, flat: Tensor, private: Tensor | None, data: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
+        """Each client's gradient `(n, P)` of its mean loss on its version (`flat (P,)` shared or `(n, P)` its own), and of its private vector."""
 
-        def one_client(o: Tensor, table: Tensor, u: Tensor | None, d: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-            loss, aux = self._rollout_loss(o, table, None if u is None else u.unsqueeze(0), {k: v.unsqueeze(0) for k, v in d.items()})
-            return loss.squeeze(0), {k: v.squeeze(0) for k, v in aux.items()}
+        def one_client(f: Tensor, u: Tensor | None, d: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+            batch = {k: v.unsqueeze(0) for k, v in d.items() if k != "negatives"}
+            batch["negatives"] = d["negatives"]
+            loss, aux = self._window_loss(f, None if u is None else u.unsqueeze(0), batch)
+            count = aux["count"].clamp_min(1.0)
+            return (loss / count).squeeze(0), {k: v.squeeze(0) for k, v in aux.items()}
 
-        argnums = (0, 1, 2) if private is not None else (0, 1)
-        in_dims = (0 if batched_params else None, 0, None if private is None else 0, 0)
-        grads, aux = vmap(grad(one_client, argnums=argnums, has_aux=True), in_dims=in_dims)(other, tables, private, data)
-        return grads[0], grads[1], grads[2] if private is not None else None, aux
-
-    def _scatter_tables(self, other: Tensor, tables: Tensor, items: Tensor) -> Tensor:
-        """Full flat vectors `(n, P)` from per-client `other (n, P_o)` and item-table rows `(n, R, D)` of `items (n, R)`."""
-        embedding = tables.new_zeros(tables.shape[0], *self._embedding_shape)
-        embedding.scatter_add_(1, items.unsqueeze(-1).expand_as(tables), tables)
-        return self._join(other, embedding)
+        argnums = (0, 1) if private is not None else 0
+        per_client = {k: v for k, v in data.items() if k != "negatives"}
+        in_dims = (0 if flat.dim() == 2 else None, None if private is None else 0, {**{k: 0 for k in per_client}, "negatives": None})
+        randomness = "different" if self.dropout > 0 and self.training else "error"
+        grads, aux = vmap(grad(one_client, argnums=argnums, has_aux=True), in_dims=in_dims, randomness=randomness)(flat, private, data)
+        if private is not None:
+            return grads[0], grads[1], aux
+        return grads, None, aux
 
     # ------------------------------------------------------------------ rollouts
     def _rollout_data(self, cohort: Tensor) -> dict[str, Tensor]:
-        """Every cohort client's next `local_steps * t_max` events (+1 bootstrap state), candidates and Gumbel noise."""
-        assert self.clients is not None and self.negatives is not None
-        n, steps, g = cohort.numel(), self.local_steps * self.t_max, self.rng.generator
-        index, valid = self.clients.events(cohort, steps + 1)
-        negatives = self.negatives.sample(cohort.repeat_interleave(steps), self.train_negatives, g).view(n, steps, -1)
-        candidates = torch.cat([self._train_item[index[:, :steps]].unsqueeze(-1), negatives], dim=-1)
-        gumbel = standard_gumbel(tuple(candidates.shape), g).to(self.device)
-        return {"history": self._train_history[index], "candidates": candidates, "gumbel": gumbel, "valid": valid}
+        """Every cohort client's next `local_steps` windows of `t_max` new events each: `(n, local_steps, ...)`."""
+        assert self.clients is not None
+        n, steps, length, g = cohort.numel(), self.local_steps * self.t_max, self.history_len, self.rng.generator
+        index, valid = self.clients.events(cohort, steps)
+        index, valid = index.view(n, self.local_steps, self.t_max), valid.view(n, self.local_steps, self.t_max)
+        new = valid.sum(-1)  # events of each window that exist (the episode may end inside it)
+        last = index.gather(-1, (new - 1).clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        history = self._train_history[last]  # (n, S, L): the L items before the window's last event
+        targets = torch.cat([history[..., 1:], self._train_item[last].unsqueeze(-1)], dim=-1)
+        counted = torch.arange(length, device=self.device) >= (length - new).unsqueeze(-1)
+        data = {"history": history, "targets": targets, "mask": counted & (history > 0)}
+        rivals = torch.randint(1, self.num_items + 1, (n, self.local_steps, length, max(1, self.num_rivals)), generator=g, device=g.device)
+        data["rivals"] = rivals.to(self.device)
+        if self.softmax == "sampled":
+            negatives = torch.multinomial(self._sampling_probability.to(g.device), self.sampled_negatives, replacement=True, generator=g)
+            data["negatives"] = negatives.to(self.device)
+            data["rivals"] = torch.randint(1, self.sampled_negatives + 1, data["rivals"].shape, generator=g, device=g.device).to(self.device)
+        else:
+            data["negatives"] = torch.zeros(0, dtype=torch.long, device=self.device)
+        return data
 
     @staticmethod
-    def _chunk(data: dict[str, Tensor], step: int, t_max: int) -> dict[str, Tensor]:
-        """Local step `step`'s slice of rollout data: T states + the bootstrap state."""
-        start = step * t_max
-        return {
-            "history": data["history"][:, start : start + t_max + 1],
-            "candidates": data["candidates"][:, start : start + t_max],
-            "gumbel": data["gumbel"][:, start : start + t_max],
-            "valid": data["valid"][:, start : start + t_max + 1],
-        }
+    def _local_step(data: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """Local step `step`'s window of each client's rollout data."""
+        return {k: v if k == "negatives" else v[:, step] for k, v in data.items()}
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        """One server step: the cohort's stale rollouts, their A2C gradients, one staleness-weighted update."""
+        """One server step: the cohort's stale rollouts, their gradients, one staleness-weighted update."""
         assert self.clients is not None and self.arrivals is not None and self.server is not None
         cohort_info = self.arrivals.step()
         cohort = cohort_info.reporting.to(self.device)
@@ -392,7 +365,7 @@ class ActorCriticRec(RecModule):
         # `precision`: under bf16 autocast on CUDA, vmap(grad) fails in softmax's backward, and a bf16 gradient
         # would change what the server applies (docs/ARCHITECTURE.md, GPU)
         with sdpa_kernel(SDPBackend.MATH), torch.autocast(self.device.type, enabled=False):
-            losses, rewards, steps, private_grad = self._client_updates(cohort, version, mine, data)
+            losses, hits, counts, private_grad = self._client_updates(cohort, version, mine, data)
         update = self.server.step()
 
         if private_grad is not None:  # local steps on the devices; ranks share the simulator's client table
@@ -413,85 +386,63 @@ class ActorCriticRec(RecModule):
         }
         if self.server.privacy is not None:
             self.federated_stats["epsilon"] = self.server.privacy.epsilon
-        events = int(steps.sum())
+        events = int(counts.sum())
         if events > 0:
-            self.log("train/loss", losses.mean(), on_step=True, on_epoch=False, prog_bar=True)
-            self.log_train_ctr(rewards.sum() / steps.sum(), events)
-
-    def _client_gradients(self, flat: Tensor, private: Tensor | None, data: dict[str, Tensor]) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
-        """Each client's (unclipped) gradient `(n, P)` on its version, and of its private vector `(n, d)`.
-
-        `flat` is one version `(P,)` shared by every client, or each client's own `(n, P)`.
-        """
-        other, embedding = self._split(flat)
-        items, local = self._localise(data)
-        batched = flat.dim() == 2
-        tables = embedding[torch.arange(items.shape[0], device=items.device).unsqueeze(1), items] if batched else embedding[items]
-        g_other, g_tables, g_private, aux = self._per_client_gradients(other, tables, private, local, batched_params=batched)
-        return self._scatter_tables(g_other, g_tables, items), g_private, aux
+            self.log_step("train/loss", losses.sum() / counts.sum(), prog_bar=True)
+            self.log_train_ctr(hits.sum() / counts.sum(), events)
 
     def _client_updates(self, cohort: Tensor, version: Tensor, mine: Tensor, data: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Computes this rank's clients' updates and hands them to the server; returns losses, rewards, steps, private gradients."""
+        """Computes this rank's clients' updates and hands them to the server; returns summed losses, hits and counted positions."""
         assert self.clients is not None and self.server is not None
         private = self.clients.private
-        private_grad = torch.zeros(cohort.numel(), self.hint_dim, device=self.device) if private is not None else None
-        losses, rewards, steps = [], [], []
-        if self.mode == "a2c_f":  # centralised: one gradient of the pooled loss, clipped as a whole
-            part = {k: v[mine] for k, v in self._chunk(data, 0, self.t_max).items()}
+        private_grad = torch.zeros(cohort.numel(), self.dim, device=self.device) if private is not None else None
+        losses, hits, counts = [], [], []
+        if self.mode == "a2c_f":  # centralised: one gradient of the pooled loss (every position of the cohort), clipped as a whole
             if mine.numel() > 0:
-                other, embedding = self._split(self.server.parameters_at(self.server.version))
-                pooled = grad(lambda o, e: _mean_loss(self._rollout_loss(o, e, None, part)), argnums=(0, 1), has_aux=True)
-                (g_other, g_embedding), aux = pooled(other, embedding)
-                gradient = self._join(g_other.unsqueeze(0), g_embedding.unsqueeze(0))
-                self.server.receive(clip_rows(gradient, self.clip_norm)[0], version[mine[:1]])
-                losses, rewards, steps = [aux["loss"]], [aux["rewards"].sum(-1)], [aux["steps"]]
+                part = {k: v if k == "negatives" else v[mine, 0] for k, v in data.items()}
+
+                def pooled(flat: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+                    loss, aux = self._window_loss(flat, None, part)
+                    return loss.sum() / aux["count"].sum().clamp_min(1.0), aux
+
+                gradient, aux = grad(pooled, has_aux=True)(self.server.parameters_at(self.server.version))
+                self.server.receive(clip_rows(gradient.unsqueeze(0), self.clip_norm)[0], version[mine[:1]])
+                losses, hits, counts = [aux["loss"]], [aux["hits"]], [aux["count"]]
         else:
-            versions = torch.unique(version[mine])
-            # dadrl: one vmapped call per chunk of clients, each on its own stale copy, so the cost
-            # of a step does not depend on how many distinct versions the cohort holds (as fast as
-            # a shared version); a2c_d: its synchronous cohort shares the latest version
-            per_client = self.mode == "dadrl"
-            groups = [mine] if per_client else [mine[version[mine] == v] for v in versions.tolist()]
-            for group in groups:
-                for chunk in torch.split(group, self.client_chunk):
-                    part = {k: t[chunk] for k, t in data.items()}
-                    flat = self.server.parameters_at(version[chunk] if per_client else int(version[chunk[0]]))
-                    if self.mode == "a2c_d":
-                        update, aux = self._local_training(flat, part)
-                    else:
-                        user_vector = private[cohort[chunk]] if private is not None else None
-                        gradient, g_private, aux = self._client_gradients(flat, user_vector, part)
-                        update = clip_rows(gradient, self.clip_norm)[0]
-                        if private_grad is not None and g_private is not None:
-                            private_grad[chunk] = g_private
-                    self.server.receive(update, version[chunk])
-                    losses.append(aux["loss"])
-                    rewards.append(aux["rewards"].sum(-1))
-                    steps.append(aux["steps"])
+            # dadrl: one vmapped call per chunk of clients, each on its own stale copy; a2c_d: the synchronous cohort shares the latest version
+            for chunk in torch.split(mine, self.client_chunk):
+                part = {k: v if k == "negatives" else v[chunk] for k, v in data.items()}
+                if self.mode == "a2c_d":
+                    update, aux = self._local_training(self.server.parameters_at(int(version[chunk[0]])), part)
+                else:
+                    user_vector = private[cohort[chunk]] if private is not None else None
+                    gradient, g_private, aux = self._per_client_gradients(self.server.parameters_at(version[chunk]), user_vector, self._local_step(part, 0))
+                    update = clip_rows(gradient, self.clip_norm)[0]
+                    if private_grad is not None and g_private is not None:
+                        private_grad[chunk] = g_private
+                self.server.receive(update, version[chunk])
+                losses.append(aux["loss"])
+                hits.append(aux["hits"])
+                counts.append(aux["count"])
         if not losses:
             empty = torch.zeros(0, device=self.device)
             return empty, empty, empty, private_grad
-        return torch.cat([x.reshape(-1) for x in losses]), torch.cat(rewards), torch.cat(steps), private_grad
+        return torch.cat([x.reshape(-1) for x in losses]), torch.cat(hits), torch.cat(counts), private_grad
 
     def _local_training(self, flat: Tensor, data: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """FedAvg clients: `local_steps` clipped SGD steps each from `flat`; returns their model changes `(n, P)`."""
-        other, embedding = self._split(flat)
-        items, local = self._localise(data)
-        n = items.shape[0]
-        start_other, start_tables = other.expand(n, -1), embedding[items]
-        params, tables = start_other.clone(), start_tables.clone()  # rows a client never touches stay unchanged
-        losses, rewards, steps = [], [], []
+        """FedAvg clients: `local_steps` clipped SGD steps each from `flat`, one window a step; returns their model changes `(n, P)`."""
+        n = data["history"].shape[0]
+        start = flat.expand(n, -1)
+        params = start.clone()
+        losses, hits, counts = [], [], []
         for step in range(self.local_steps):
-            g_other, g_tables, _, aux = self._per_client_gradients(params, tables, None, self._chunk(local, step, self.t_max), batched_params=True)
-            norms = (g_other.pow(2).sum(1) + g_tables.pow(2).sum((1, 2))).sqrt()
-            scale = self.client_lr * clip_scale(norms, self.clip_norm)
-            params = params - scale.unsqueeze(1) * g_other
-            tables = tables - scale.view(-1, 1, 1) * g_tables
+            gradient, _, aux = self._per_client_gradients(params, None, self._local_step(data, step))
+            params = params - (self.client_lr * clip_scale(gradient.norm(dim=1), self.clip_norm)).unsqueeze(1) * gradient
             losses.append(aux["loss"])
-            rewards.append(aux["rewards"])
-            steps.append(aux["steps"])
-        aux = {"loss": torch.stack(losses).mean(0), "rewards": torch.cat(rewards, dim=1), "steps": torch.stack(steps).sum(0)}
-        return self._scatter_tables(start_other - params, start_tables - tables, items), aux
+            hits.append(aux["hits"])
+            counts.append(aux["count"])
+        aux = {"loss": torch.stack(losses).sum(0), "hits": torch.stack(hits).sum(0), "count": torch.stack(counts).sum(0)}
+        return start - params, aux
 
     def _apply_server_step(self, lr_scale: float) -> None:
         """Steps the Lightning optimizer with its learning rate multiplied by `lr_scale` (global_step advances)."""
@@ -541,9 +492,3 @@ class ActorCriticRec(RecModule):
         super().on_load_checkpoint(checkpoint)
         self._pending_state = checkpoint.get("federated")
         self.clients = self.arrivals = self.server = None
-
-
-def _mean_loss(result: tuple[Tensor, dict[str, Tensor]]) -> tuple[Tensor, dict[str, Tensor]]:
-    """(mean of the per-client losses, aux with the per-client losses under `loss`) for `grad(..., has_aux=True)`."""
-    loss, aux = result
-    return loss.mean(), {**aux, "loss": loss}

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from lit_rec.evaluation import FullRankingMetrics, OnePlusKMetrics, seen_index_from_csr
+from lit_rec.functional.next_item import Columns, greedy_hits, random_rivals
 from lit_rec.popularity import PopularityScorer
 from lit_rec.recommend import recommend_top_k
 from lit_rec.sampling import SeededGenerator
@@ -33,10 +34,12 @@ class RecModule(L.LightningModule):
         eval_ks: list[int] | None = None,
         full_ranking: bool = True,
         eval_chunk_size: int = 256,
+        history_len: int = 10,
     ) -> None:
         """Args:
         num_items: catalogue size (items are 1..num_items, 0 is PAD); linked from the data.
         num_users: number of users; linked from the data.
+        history_len: items in a state and in a training window; linked from the data's `history_len`.
         eval_ks: numbers of random negatives per positive for CTR@k.
         full_ranking: also compute hr@10_full / ndcg@10_full against every item.
         eval_chunk_size: rows scored at once against the full catalogue.
@@ -46,6 +49,9 @@ class RecModule(L.LightningModule):
             raise ValueError(f"num_items must be >= 2, got {num_items}")
         self.num_items = num_items
         self.num_users = num_users
+        if history_len < 1:
+            raise ValueError(f"history_len must be >= 1, got {history_len}")
+        self.history_len = history_len
         self.eval_ks = list(eval_ks or DEFAULT_KS)
         self.full_ranking = full_ranking
         self.eval_chunk_size = eval_chunk_size
@@ -71,6 +77,11 @@ class RecModule(L.LightningModule):
         if self.trainer.world_size > 1 and self.device.type == "cpu":
             torch.set_num_threads(1)  # two ranks on two cores: more threads oversubscribe (PITFALLS.md)
         tensors = self.tensors
+        if tensors.history_len != self.history_len:
+            raise ValueError(
+                f"the model's history_len={self.history_len} but the data's is {tensors.history_len}: "
+                "train.py links them; set --data.history_len (the model follows)"
+            )
         self.popularity = PopularityScorer(tensors.item_popularity).to(self.device)
         self._seen_offsets = tensors.seen_offsets
         self._seen_items = tensors.seen_items
@@ -108,9 +119,7 @@ class RecModule(L.LightningModule):
 
     def item_vectors_of(self, encoder: torch.nn.Module) -> Tensor:
         """Every item's vector `(num_items + 1, H)` of a `SeqEncoder`, computed once while its weights are unchanged."""
-        return self.cached_while_unchanged(
-            f"all_item_vectors/{id(encoder)}", encoder.all_item_vectors, encoder.item_embedding.weight, encoder.item_proj.weight
-        )
+        return self.cached_while_unchanged(f"all_item_vectors/{id(encoder)}", encoder.all_item_vectors, encoder.item_embedding.weight)
 
     def cached_while_unchanged(self, key: str, compute: Any, *tensors: Tensor) -> Any:
         """`compute()`, reused outside autograd until one of `tensors` changes in place.
@@ -269,6 +278,27 @@ class RecModule(L.LightningModule):
         """Adds `n` processed train events (all ranks) and returns `train/episodes` so far."""
         self.events_seen.add_(n * self.trainer.world_size)
         return float(self.events_seen) / self._episode_len
+
+    def window_events(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """`(history (E, L), item (E,))` of every train event a batch of windows predicts, each with its full history."""
+        train, offsets = self.tensors.train, self.tensors.train_offsets
+        index = batch["index"].cpu()
+        events = index.unsqueeze(1) - self.history_len + 1 + torch.arange(self.history_len)
+        events = events[events >= offsets[batch["user"].cpu()].unsqueeze(1)]
+        return train.history[events].to(self.device), train.item[events].to(self.device)
+
+    @property
+    def num_rivals(self) -> int:
+        """Random items beside the logged one in a training candidate set (the data's `train_negatives`)."""
+        trainer = self._trainer
+        return int(getattr(trainer.datamodule, "train_negatives", 10)) if trainer is not None and trainer.datamodule is not None else 10
+
+    def log_window_ctr(self, columns: Columns, mask: Tensor, generator: torch.Generator) -> None:
+        """Logs `train/ctr` of a batch of windows: how often the greedy policy ranks each position's logged item
+        first among it and `train_negatives` random items (the rate Figure 2 plots)."""
+        rivals = random_rivals(columns, max(1, self.num_rivals), generator)
+        hits = greedy_hits(columns.masked_scores().detach(), columns.target, rivals)
+        self.log_train_ctr(hits[mask].float(), int(mask.sum()))
 
     def log_train_ctr(self, reward: Tensor, events: int) -> None:
         """Logs `train/ctr` (mean reward of the policy's own choices) against `train/episodes`.

@@ -1,20 +1,21 @@
-"""DQN and Double DQN on the shared sequence encoder, trained in a replay or user-model environment.
+"""DQN and Double DQN over the whole catalogue on logged sequences, beside a supervised term (SQN, Xin et al. 2020).
 
-The algorithm, top to bottom (one `training_step`):
-1. every environment slot observes its state (history + candidates) and acts epsilon-greedily on Q;
-2. the environment steps, giving rewards and next states; the transitions go into a replay buffer;
-3. once the buffer holds `learning_starts` transitions, every `train_freq` environment steps a
-   minibatch is sampled and Q takes `updates_per_step` TD steps towards
-   `r + gamma * max Q_target(s', .)` (DQN) or `r + gamma * Q_target(s', argmax Q(s', .))` (DDQN).
+The algorithm, top to bottom (one `training_step` on a batch of training windows):
+1. the online network encodes every prefix of each window in one causal pass and scores the whole
+   catalogue: Q(s_t, .) for every position t (`softmax: sampled` scores a logQ-corrected sample);
+2. the target network does the same without gradient; the next state of position t is position
+   t + 1 of the same window (replayed actions do not change states), so
+   V(s_{t+1}) = max Q_target(s_{t+1}, .) (DQN) or Q_target(s_{t+1}, argmax Q_online(s_{t+1}, .)) (DDQN);
+3. the TD loss covers every competing action at once: in replay the reward of each is known
+   (1 for the logged item, 0 otherwise), so Q*(s_t, a) = 1[a logged] + gamma V(s_{t+1})
+   (`lit_rec.functional.td.replay_td_loss`); the last position of a window has no next state in it
+   and takes no TD term;
+4. the supervised term is the softmax cross-entropy of the logged item over the same Q-values (the
+   demonstrations' large-margin term of DQfD, Hester et al. 2018, in its softmax form; SQN's
+   supervised head shares the backbone, here it shares the head too, so the greedy policy is the
+   Q-learner's own): `loss = ce_weight * CE + td_weight * TD`.
 The target network follows the online one through the `callbacks.TargetNetworkUpdate` callback
-(it finds them with `target_pairs()`); the math lives in `lit_rec.functional.td`.
-
-The training DataLoader of RecDataModule only paces the loop: each of its batches is one
-environment step (its content is ignored), so an epoch has as many steps as the data has train
-batches. Every training step takes exactly `updates_per_step` optimizer steps (no-op steps before
-`learning_starts` and between `train_freq` updates), so `trainer.global_step` =
-environment steps x `updates_per_step`, and `max_steps`, validation and checkpoint schedules
-keep their meaning.
+(it finds them with `target_pairs()`); the math lives in `lit_rec.functional.td` and `.next_item`.
 """
 
 from __future__ import annotations
@@ -25,115 +26,90 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from lit_rec.envs import ReplayEnv, UserModelEnv
-from lit_rec.functional.td import double_dqn_target, dqn_target, epsilon_at, td_loss
+from lit_rec.functional.next_item import Columns, TrainingSoftmax, cross_entropy, masked_mean, score_columns, window_targets
+from lit_rec.functional.td import next_state_values, replay_td_loss
 from lit_rec.modules.base import RecModule
 from lit_rec.networks import QHead, QNetwork, SeqEncoder
-from lit_rec.replay_buffer import ReplayBuffer
 from lit_rec.sampling import SeededGenerator
-
-ENVIRONMENTS = {"replay": ReplayEnv, "user_model": UserModelEnv}
 
 
 class DQN(RecModule):
-    """Deep Q-learning (Mnih et al. 2015) over candidate sets; `double=True` gives Double DQN (van Hasselt et al. 2016)."""
+    """Deep Q-learning (Mnih et al. 2015) over the catalogue; `double=True` gives Double DQN (van Hasselt et al. 2016)."""
 
     def __init__(
         self,
         double: bool = False,
-        env: Literal["replay", "user_model"] = "replay",
-        num_envs: int = 256,
-        train_negatives: int = 10,
-        gamma: float = 0.4,
+        gamma: float = 0.5,
+        td_weight: float = 1.0,
+        ce_weight: float = 1.0,
+        loss: Literal["huber", "mse"] = "huber",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
-        buffer_size: int = 100_000,
-        batch_size_rl: int = 256,
-        learning_starts: int = 1024,
-        train_freq: int = 1,
-        updates_per_step: int = 1,
-        epsilon_start: float = 1.0,
-        epsilon_end: float = 0.05,
-        epsilon_decay_steps: int = 200,
-        loss: Literal["huber", "mse"] = "huber",
         max_grad_norm: float = 5.0,
-        history_len: int = 10,
         dim: int = 64,
-        num_layers: int = 1,
+        num_layers: int = 2,
         num_heads: int = 2,
-        hint_dim: int = 32,
-        dropout: float = 0.0,
+        dropout: float = 0.2,
+        item_init_std: float = 0.02,
+        softmax: Literal["full", "sampled"] = "full",
+        sampled_negatives: int = 1024,
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
         """Args:
         double: Double DQN target (argmax by the online network, value by the target network).
-        env: training environment: `replay` (logged sessions) or `user_model` (a fitted click model).
-        num_envs: user slots stepped at once; each training step adds this many transitions.
-        train_negatives: random items beside the logged one in each training candidate set.
         gamma: discount factor.
+        td_weight: weight of the TD loss.
+        ce_weight: weight of the supervised cross-entropy over the Q-values (0: pure Q-learning).
+        loss: TD loss: `huber` or `mse`.
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
-        buffer_size: replay buffer capacity in transitions.
-        batch_size_rl: transitions per TD update.
-        learning_starts: transitions in the buffer before the first TD update.
-        train_freq: environment steps between two rounds of TD updates.
-        updates_per_step: TD updates (optimizer steps) per training step.
-        epsilon_start: exploration rate at step 0.
-        epsilon_end: exploration rate after the decay.
-        epsilon_decay_steps: environment steps of the linear decay.
-        loss: TD loss: `huber` or `mse`.
         max_grad_norm: gradient clipping by global norm (0 disables it).
-        history_len: items in a state; must equal the data's `history_len`.
-        dim: width of the encoder's embeddings, Transformer and GRU.
+        dim: width of the encoder's embeddings, Transformer and state.
         num_layers: causal Transformer blocks.
         num_heads: attention heads (must divide dim).
-        hint_dim: width of the state (hint layer) and item vectors.
-        dropout: dropout of the encoder during TD updates.
-        seed: seed of the network initialisation, the environment, exploration and replay sampling.
+        dropout: dropout of the online encoder during training.
+        item_init_std: standard deviation of the item embeddings at initialisation.
+        softmax: columns of a training step: `full` catalogue, or a `sampled` logQ-corrected softmax.
+        sampled_negatives: items per batch of the sampled softmax.
+        seed: seed of the network initialisation and of the samplers.
         """
         super().__init__(**kwargs)
-        if env not in ENVIRONMENTS:
-            raise ValueError(f"DQN env must be one of {sorted(ENVIRONMENTS)}, got {env!r}")
+        if gamma < 0 or gamma >= 1 or td_weight < 0 or ce_weight < 0 or td_weight + ce_weight == 0:
+            raise ValueError(f"DQN needs 0 <= gamma < 1 and weights >= 0, not both 0: got gamma={gamma}, td_weight={td_weight}, ce_weight={ce_weight}")
+        if loss not in ("huber", "mse"):
+            raise ValueError(f"DQN loss must be 'huber' or 'mse', got {loss!r}")
         self.save_hyperparameters()
-        self.automatic_optimization = False
-        self.double = double
-        self.env_name = env
-        self.num_envs, self.train_negatives, self.gamma = num_envs, train_negatives, gamma
+        self.double, self.gamma, self.td_weight, self.ce_weight = double, gamma, td_weight, ce_weight
         self.lr, self.weight_decay = lr, weight_decay
-        self.buffer_size, self.batch_size_rl, self.learning_starts = buffer_size, batch_size_rl, learning_starts
-        self.train_freq, self.updates_per_step = train_freq, updates_per_step
-        self.epsilon_start, self.epsilon_end, self.epsilon_decay_steps = epsilon_start, epsilon_end, epsilon_decay_steps
-        self.loss_kind, self.max_grad_norm = loss, max_grad_norm
-        self.history_len, self.seed = history_len, seed
+        self.loss_kind, self.max_grad_norm, self.seed = loss, max_grad_norm, seed
+        self.training_softmax = TrainingSoftmax(softmax, sampled_negatives)
         with torch.random.fork_rng(devices=[]):  # the initialisation depends on `seed` only
             torch.manual_seed(seed)
-            encoder = SeqEncoder(self.num_items, dim, history_len, num_layers, num_heads, hint_dim, dropout)
-            self.online = QNetwork(encoder, QHead(hint_dim))
+            self.online = self.build_network(dim, num_heads, num_layers, dropout, item_init_std)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
-        self.act_rng = SeededGenerator(seed + 1)
-        self.replay_rng = SeededGenerator(seed + 2)
-        self.env: ReplayEnv | None = None
-        self.buffer: ReplayBuffer | None = None
+        self.rng = SeededGenerator(seed + 1)
+
+    def build_network(self, dim: int, num_heads: int, num_layers: int, dropout: float, item_init_std: float) -> QNetwork:
+        """A `QNetwork` of the given shape on this data's catalogue and history length."""
+        encoder = SeqEncoder(self.num_items, dim, self.history_len, num_layers, num_heads, dropout, item_init_std)
+        return QNetwork(encoder, QHead(dim))
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
-        """Builds the environment and the replay buffer on the training device (fit only)."""
+        """Fits the sampled softmax's distribution to the train items."""
         super().setup(stage)
-        if stage != "fit" or self.env is not None:
-            return
-        tensors = self.tensors
-        if tensors.history_len != self.history_len:
-            raise ValueError(f"DQN history_len={self.history_len} but the data's history_len={tensors.history_len}")
-        device = self.trainer.strategy.root_device
-        # each rank replays its own users: the seed differs per rank
-        env_seed = self.seed + 1000 * self.trainer.global_rank
-        self.env = ENVIRONMENTS[self.env_name](tensors, self.num_envs, self.train_negatives, env_seed, device)
-        self.buffer = ReplayBuffer(self.buffer_size, self.history_len, 1 + self.train_negatives, device)
+        self.training_softmax.fit(self.tensors.item_popularity)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam over the online network (the target follows it through TargetNetworkUpdate)."""
         return torch.optim.Adam(self.online.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None) -> None:
+        """Clips by `max_grad_norm` (the trainer's own `gradient_clip_val`, when set, wins)."""
+        value = gradient_clip_val if gradient_clip_val else self.max_grad_norm
+        if value and value > 0:
+            self.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
 
     def train(self, mode: bool = True) -> "DQN":
         """The target network always computes targets without dropout."""
@@ -145,77 +121,41 @@ class DQN(RecModule):
         """`(online, target)` for `callbacks.TargetNetworkUpdate`."""
         return [(self.online, self.target)]
 
-    # ------------------------------------------------------------------ acting
-    @property
-    def env_steps(self) -> int:
-        """Environment steps taken so far (derived from the optimizer steps)."""
-        return self.global_step // self.updates_per_step
-
-    @property
-    def epsilon(self) -> float:
-        """Exploration rate of the current step (linear schedule)."""
-        return epsilon_at(self.env_steps, self.epsilon_start, self.epsilon_end, self.epsilon_decay_steps)
-
-    @torch.no_grad()
-    def act(self, history: Tensor, candidates: Tensor, epsilon: float) -> Tensor:
-        """Epsilon-greedy candidate columns `(B,)`: a uniform column with probability epsilon, else argmax Q."""
-        was_training = self.online.training
-        self.online.eval()
-        greedy = self.online.score(history, candidates).argmax(dim=1)
-        self.online.train(was_training)
-        b, c, g = candidates.shape[0], candidates.shape[1], self.act_rng.generator
-        explore = torch.rand(b, generator=g, device=g.device) < epsilon
-        uniform = torch.randint(0, c, (b,), generator=g, device=g.device)
-        return torch.where(explore.to(self.device), uniform.to(self.device), greedy)
-
     # ------------------------------------------------------------------ learning
-    def td_update(self, batch: dict[str, Tensor]) -> Tensor:
-        """One TD loss on a replay minibatch (DQN or Double-DQN target)."""
-        q = self.online.score(batch["history"], batch["candidates"])
-        q_taken = q.gather(1, batch["action"][:, None]).squeeze(1)
-        return td_loss(q_taken, self.td_target(self.online, self.target, batch), self.loss_kind)
+    def q_columns(self, network: QNetwork, history: Tensor, targets: Tensor) -> tuple[Columns, Tensor]:
+        """`(training columns of the Q-values after every prefix, states (B, L, D))` of windows `history (B, L)`."""
+        states = network.encoder.sequence(history)
+        columns = self.training_softmax.columns(network.head.query(states), network.encoder.all_item_vectors(), targets, self.rng.generator)
+        return columns, states
 
-    def td_target(self, online: QNetwork, target: QNetwork, batch: dict[str, Tensor]) -> Tensor:
-        """The (Double) DQN target `(B,)` of a network pair on a replay minibatch, without gradient."""
+    def next_values(self, target: QNetwork, history: Tensor, targets: Tensor, columns: Columns) -> Tensor:
+        """V(s_{t+1}) `(B, L - 1)` of every position but the last, from the target network (and the online one for DDQN)."""
         with torch.no_grad():
-            next_q_target = target.score(batch["next_history"], batch["next_candidates"])
-            if self.double:
-                next_q_online = online.score(batch["next_history"], batch["next_candidates"])
-                return double_dqn_target(batch["reward"], next_q_online, next_q_target, batch["done"], self.gamma)
-            return dqn_target(batch["reward"], next_q_target, batch["done"], self.gamma)
+            query = target.head.query(target.encoder.sequence(history))
+            next_q_target = score_columns(query, target.encoder.all_item_vectors(), targets, columns)
+            next_q_target = next_q_target.masked_fill(~columns.valid, float("-inf"))[:, 1:]
+            next_q_online = columns.masked_scores().detach()[:, 1:] if self.double else None
+            return next_state_values(next_q_target, next_q_online)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        """One environment step for every slot, then the TD updates (the data batch only paces the loop)."""
-        assert self.env is not None and self.buffer is not None, "DQN.setup('fit') builds the environment"
-        optimizer = self.optimizers()
-        epsilon, env_step = self.epsilon, self.env_steps
-        state = self.env.observe()
-        action = self.act(state["history"], state["candidates"], epsilon)
-        reward, done = self.env.step(action)
-        next_state = self.env.observe()
-        self.buffer.add(
-            {
-                "history": state["history"],
-                "candidates": state["candidates"],
-                "action": action,
-                "reward": reward,
-                "next_history": next_state["history"],
-                "next_candidates": next_state["candidates"],
-                "done": done,
-            }
-        )
-        learn = len(self.buffer) >= self.learning_starts and env_step % self.train_freq == 0
-        for _ in range(self.updates_per_step):
-            optimizer.zero_grad(set_to_none=True)
-            if learn:
-                loss = self.td_update(self.buffer.sample(self.batch_size_rl, self.replay_rng.generator))
-                self.manual_backward(loss)
-                if self.max_grad_norm > 0:
-                    self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
-                self.log_step("train/loss", loss, prog_bar=True)
-            optimizer.step()  # without gradients a no-op that still advances global_step
-        self.log_train_ctr(reward, self.num_envs)
-        self.log_step("train/epsilon", epsilon, mean=False)
+    def q_losses(self, history: Tensor, item: Tensor) -> tuple[Tensor, Tensor, Columns, Tensor, Tensor]:
+        """`(CE, TD, columns, mask, states)` of a batch of windows: the means over positions, and what distillation reuses."""
+        targets, mask = window_targets(history, item)
+        columns, states = self.q_columns(self.online, history, targets)
+        ce = masked_mean(cross_entropy(columns), mask)
+        next_value = self.next_values(self.target, history, targets, columns)
+        competing = columns.valid[:, :-1] if columns.valid.dim() == 3 else columns.valid
+        td = replay_td_loss(columns.scores[:, :-1], columns.target[:, :-1], competing, next_value, self.gamma, self.loss_kind)
+        return ce, masked_mean(td, mask[:, :-1]), columns, mask, states
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """`ce_weight * CE + td_weight * TD` on every position of the windows."""
+        ce, td, columns, mask, _ = self.q_losses(batch["history"], batch["item"])
+        loss = self.ce_weight * ce + self.td_weight * td
+        self.log_step("train/loss", loss, prog_bar=True)
+        self.log_step("train/loss_td", td)
+        self.log_step("train/loss_ce", ce)
+        self.log_window_ctr(columns, mask, self.rng.generator)
+        return loss
 
     # ------------------------------------------------------------------ scoring
     def score_candidates(self, batch: dict[str, Tensor], candidates: Tensor) -> Tensor:
@@ -230,17 +170,3 @@ class DQN(RecModule):
     def score_candidates_and_all(self, batch: dict[str, Tensor], candidates: Tensor) -> tuple[Tensor, Tensor]:
         """Q-values of the candidates `(B, C)` and of every item `(B, num_items + 1)`, the states encoded once."""
         return self.scores_from_all_items(batch, candidates)
-
-    # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Adds the environment and the replay buffer to the random state (both are part of an exact resume)."""
-        super().on_save_checkpoint(checkpoint)
-        if self.env is not None and self.buffer is not None:
-            checkpoint["dqn"] = {"env": self.env.state_dict(), "buffer": self.buffer.state_dict()}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restores the random state, the environment and the replay buffer (when training)."""
-        super().on_load_checkpoint(checkpoint)
-        if self.env is not None and self.buffer is not None and "dqn" in checkpoint:
-            self.env.load_state_dict(checkpoint["dqn"]["env"])
-            self.buffer.load_state_dict(checkpoint["dqn"]["buffer"])

@@ -2,21 +2,22 @@
 
 The teacher is a plain `DQN(double=True)` (configs/drlrec_teacher.yaml), read frozen from its
 checkpoint at fit start (and never saved with the student), or co-trained from scratch as in the
-official code. The student is the same network,
-narrower; it is a `DQN` too (same environment, replay buffer, exploration, target network and
-checkpointed state), whose TD update adds the distillation terms. One TD update, top to bottom:
+official code. The student is the same network, narrower; it is a `DQN` too (same windows, TD and
+supervised terms, target network), whose loss adds the distillation terms. One training step on a
+batch of windows, top to bottom:
 
-1. the student's own DDQN loss on a replay minibatch;
-2. the teacher's squared TD error delta on the same transitions gives each state a confidence
-   c(delta) (`callbacks.ConfidenceCallback`, or the official batch-max formula without it);
-3. exploring/filtering: per state a candidate set of `num_candidates` items (the transition's
-   candidates, then popularity- and uniform-sampled items), scored by both networks; the lessons are
-   the teacher's top-k united with the student's top-k, de-duplicated (vectorised, no loop per state);
+1. the student's own DQN loss (`DQN.q_losses`: every position, the whole catalogue);
+2. the teacher's squared TD error delta at every position with a next state gives that state a
+   confidence c(delta) (`callbacks.ConfidenceCallback`, or the official batch-max formula without it);
+3. exploring/filtering: per state a candidate set of `num_candidates` items (the logged item and
+   `train_negatives` random items, then popularity- and uniform-sampled items), scored by both
+   networks; the lessons are the teacher's top-k united with the student's top-k, de-duplicated
+   (vectorised, no loop per state);
 4. `w_rl * RL + w_kl * mean(c * KL) + w_hint * mean(c * hint)`, with per state
-   KL = tau^2 KL(softmax(Q_T/tau) || softmax(Q_S/tau)) over the transition's (logged) candidates plus
-   the same over the filtered lessons, and hint = the MSE of the hint-space vectors whose bilinear
-   product is Q: the state (hint layer) and the lessons' item vectors, the student's projected to the
-   teacher's width by a learned map when widths differ. Explored items take their state's confidence.
+   KL = tau^2 KL(softmax(Q_T/tau) || softmax(Q_S/tau)) over the training candidates plus the same
+   over the filtered lessons, and hint = the MSE of the vectors whose product is Q: the state
+   (the hint layer) and the lessons' item vectors, the student's projected to the teacher's width
+   by a learned map when widths differ. Explored items take their state's confidence.
 
 The teacher never receives a gradient from distillation (its outputs are detached), and a frozen
 teacher has `requires_grad=False` and stays in eval mode. The math is in `lit_rec.functional.distill`.
@@ -44,9 +45,11 @@ from lit_rec.functional.distill import (
     listwise_kl,
     weighted_mean,
 )
-from lit_rec.functional.td import td_loss
+from lit_rec.functional.next_item import cross_entropy, full_catalogue, masked_mean, window_targets
+from lit_rec.functional.td import replay_td_loss
+from lit_rec.modules.base import RecModule
 from lit_rec.modules.dqn import DQN
-from lit_rec.networks import QHead, QNetwork, SeqEncoder
+from lit_rec.networks import QNetwork
 from lit_rec.sampling import SeededGenerator
 
 
@@ -58,7 +61,9 @@ def num_parameters(network: nn.Module) -> int:
 def load_teacher(path: str, num_items: int, num_users: int) -> DQN:
     """The DQN of a Lightning checkpoint (its hyperparameters, online and target weights), on CPU."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    accepted = set(inspect.signature(DQN.__init__).parameters) - {"self", "kwargs"}
+    accepted = (set(inspect.signature(DQN.__init__).parameters) | set(inspect.signature(RecModule.__init__).parameters)) - {
+        "self", "kwargs", "num_items", "num_users"
+    }
     hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}
     with torch.random.fork_rng(devices=[]):  # building a DQN must not move the global RNG
         teacher = DQN(num_items=num_items, num_users=num_users, **hparams)
@@ -164,11 +169,9 @@ class DRLRecStudent(DQN):
         top_k: int = 10,
         popularity_fraction: float = 0.5,
         teacher_dim: int = 64,
-        teacher_hint_dim: int = 64,
         teacher_num_heads: int = 2,
         double: bool = True,
         dim: int = 32,
-        hint_dim: int = 16,
         latency_candidates: int = 1000,
         **kwargs: Any,
     ) -> None:
@@ -191,15 +194,13 @@ class DRLRecStudent(DQN):
         num_candidates: explored candidates per state (the transition's candidates first, then samples).
         top_k: lessons taken from the teacher's ranking and, separately, from the student's.
         popularity_fraction: share of the sampled candidates drawn by popularity (the rest uniformly).
-        teacher_dim: encoder width of a co-trained teacher built from scratch.
-        teacher_hint_dim: the teacher's hint width (sizes the hint projection; a loaded teacher must match).
+        teacher_dim: the teacher's width: its state is the hint (sizes the hint projection; a loaded teacher must match).
         teacher_num_heads: attention heads of a co-trained teacher built from scratch.
         double: Double-DQN target for the student (the official "DDQN").
-        dim: the student's encoder width (the teacher's shape, narrower).
-        hint_dim: the student's hint (state and item vector) width.
+        dim: the student's width, of its state (hint) and item vectors (the teacher's shape, narrower).
         latency_candidates: candidates per request when timing the networks at fit start (`model/latency_ms`).
         """
-        super().__init__(double=double, dim=dim, hint_dim=hint_dim, **kwargs)
+        super().__init__(double=double, dim=dim, **kwargs)
         if w_rl < 0 or w_kl < 0 or w_hint < 0 or temperature <= 0:
             raise ValueError(f"DRLRecStudent needs weights >= 0 and temperature > 0, got {w_rl}, {w_kl}, {w_hint}, {temperature}")
         self.distill = distill
@@ -212,22 +213,22 @@ class DRLRecStudent(DQN):
         self.confidence_fn: Any = None  # set by callbacks.ConfidenceCallback
         self.last_confidence: Tensor | None = None
         self.model_stats: dict[str, float] = {}
-        self.teacher_ckpt, self.teacher_hint_dim = teacher_ckpt, teacher_hint_dim
+        self.teacher_ckpt, self.teacher_dim = teacher_ckpt, teacher_dim
         self.teacher: QNetwork | None = None
         self.teacher_target: QNetwork | None = None
         if self.co_train:  # a trained teacher is part of the module and of its checkpoints
             if teacher_ckpt is not None:
                 online, target = self._read_teacher()
             else:
-                online, target = self._fresh_teacher(teacher_dim, teacher_hint_dim, teacher_num_heads)
+                online, target = self._fresh_teacher(teacher_dim, teacher_num_heads)
             self.teacher, self.teacher_target = online, target.requires_grad_(False).eval()
-            self.teacher_hint_dim = online.encoder.hint_dim
+            self.teacher_dim = online.encoder.dim
         # a frozen teacher is read from teacher_ckpt in setup("fit") and never saved with the student
         with torch.random.fork_rng(devices=[]):  # initialised from `seed` only, like the networks
             torch.manual_seed(self.seed + 4)
             # FitNets regressor: the student's hint space mapped onto the teacher's when the widths differ
-            project = distill and hint and self.teacher_hint_dim != hint_dim  # no unused parameters (DDP)
-            self.hint_projection: nn.Module = nn.Linear(hint_dim, self.teacher_hint_dim, bias=False) if project else nn.Identity()
+            project = distill and hint and self.teacher_dim != dim  # no unused parameters (DDP)
+            self.hint_projection: nn.Module = nn.Linear(dim, self.teacher_dim, bias=False) if project else nn.Identity()
         self._item_popularity: Tensor | None = None
 
     def _read_teacher(self) -> tuple[QNetwork, QNetwork]:
@@ -238,13 +239,12 @@ class DRLRecStudent(DQN):
             raise ValueError(f"teacher {self.teacher_ckpt} has history_len={teacher.history_len}, the student {self.history_len}")
         return teacher.online, teacher.target
 
-    def _fresh_teacher(self, dim: int, hint_dim: int, num_heads: int) -> tuple[QNetwork, QNetwork]:
+    def _fresh_teacher(self, dim: int, num_heads: int) -> tuple[QNetwork, QNetwork]:
         """A new teacher (seeded from `seed`) for co-training from scratch."""
         hp = self.hparams
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed + 100)
-            encoder = SeqEncoder(self.num_items, dim, self.history_len, hp["num_layers"], num_heads, hint_dim, hp["dropout"])
-            online = QNetwork(encoder, QHead(hint_dim))
+            online = self.build_network(dim, num_heads, hp["num_layers"], hp["dropout"], hp["item_init_std"])
         return online, copy.deepcopy(online)
 
     def load_frozen_teacher(self, device: torch.device | str = "cpu") -> None:
@@ -252,17 +252,17 @@ class DRLRecStudent(DQN):
         if not self.distill or self.teacher is not None:
             return
         online, target = self._read_teacher()
-        if online.encoder.hint_dim != self.teacher_hint_dim:
+        if online.encoder.dim != self.teacher_dim:
             raise ValueError(
-                f"teacher {self.teacher_ckpt} has hint width {online.encoder.hint_dim}, but teacher_hint_dim={self.teacher_hint_dim}: "
-                f"set --model.init_args.teacher_hint_dim={online.encoder.hint_dim}"
+                f"teacher {self.teacher_ckpt} has width {online.encoder.dim}, but teacher_dim={self.teacher_dim}: "
+                f"set --model.init_args.teacher_dim={online.encoder.dim}"
             )
         self.teacher = online.requires_grad_(False).eval().to(device)
         self.teacher_target = target.requires_grad_(False).eval().to(device)
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
-        """Builds environment and buffer (DQN), reads a frozen teacher, keeps the train popularity for exploring."""
+        """Reads a frozen teacher and keeps the train popularity for exploring."""
         super().setup(stage)
         if stage == "fit":
             device = self.trainer.strategy.root_device
@@ -320,7 +320,7 @@ class DRLRecStudent(DQN):
         return () if self.co_train or self.teacher is None else ("teacher.", "teacher_target.")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """DQN's state (environment, buffer, generators) without a frozen teacher's weights (they stay in teacher_ckpt)."""
+        """DQN's state (generators) without a frozen teacher's weights (they stay in teacher_ckpt)."""
         super().on_save_checkpoint(checkpoint)
         frozen = self._frozen_teacher_keys()
         if frozen:
@@ -344,77 +344,82 @@ class DRLRecStudent(DQN):
         return batch_max_confidence(td_error)
 
     def distillation_terms(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The unweighted terms of one replay minibatch.
+        """The unweighted terms of one batch of windows.
 
-        `rl`: the student's TD loss. With a teacher also `confidence (B,)`, `filtered_size` (mean
-        lessons per state), `kl` and `hint` when enabled (confidence-weighted means over states), and
-        `teacher_rl` when the teacher is co-trained.
+        `rl`: the student's own DQN loss (`ce_weight * CE + td_weight * TD`), `columns` and `mask` for
+        `train/ctr`. With a teacher also `confidence (P,)` (one per position with a next state),
+        `filtered_size` (mean lessons per state), `kl` and `hint` when enabled (confidence-weighted
+        means over those positions), and `teacher_rl` when the teacher is co-trained.
         """
-        q_student, hint_student = self.online(batch["history"], batch["candidates"])
-        action = batch["action"][:, None]
-        q_taken = q_student.gather(1, action).squeeze(1)
-        terms = {"rl": td_loss(q_taken, self.td_target(self.online, self.target, batch), self.loss_kind)}
+        history = batch["history"]
+        ce, td, columns, mask, states = self.q_losses(history, batch["item"])
+        terms: dict[str, Any] = {"rl": self.ce_weight * ce + self.td_weight * td, "columns": columns, "mask": mask}
         if self.teacher is None or self.teacher_target is None:
             return terms
 
+        targets = columns.target if columns.negatives is None else window_targets(history, batch["item"])[0]
         with nullcontext() if self.co_train else torch.no_grad():
-            q_teacher, hint_teacher = self.teacher(batch["history"], batch["candidates"])
-        q_teacher_taken = q_teacher.gather(1, action).squeeze(1)
-        teacher_target = self.td_target(self.teacher, self.teacher_target, batch)
+            states_t = self.teacher.encoder.sequence(history)
+            q_t_all = self.teacher.head.score_all(states_t, self.teacher.encoder.all_item_vectors())
+        teacher_columns = full_catalogue(q_t_all, targets)
+        next_value = self.next_values(self.teacher_target, history, targets, teacher_columns)
         if self.co_train:
-            terms["teacher_rl"] = td_loss(q_teacher_taken, teacher_target, self.loss_kind)
-        confidence = self._confidence((teacher_target - q_teacher_taken.detach()).pow(2))
-        terms["confidence"] = confidence.detach()
-        q_teacher, hint_teacher = q_teacher.detach(), hint_teacher.detach()  # distillation never reaches the teacher
+            teacher_td = masked_mean(replay_td_loss(q_t_all[:, :-1], targets[:, :-1], teacher_columns.valid, next_value, self.gamma, self.loss_kind), mask[:, :-1])
+            terms["teacher_rl"] = self.ce_weight * masked_mean(cross_entropy(teacher_columns), mask) + self.td_weight * teacher_td
 
-        # lessons: the transition's own (logged) candidates, plus the explored/filtered items
-        logged = batch["candidates"]
-        with torch.no_grad():
-            vectors_t = self.teacher.encoder.item_vectors(logged)
+        # distil at every position with a next state (its TD error gives the confidence), flattened to states (P, .)
+        where = mask[:, :-1]
+        logged_item = targets[:, :-1][where]
+        q_t_all, hint_t = q_t_all[:, :-1][where].detach(), states_t[:, :-1][where].detach()  # distillation never reaches the teacher
+        td_error = (1.0 + self.gamma * next_value[where] - q_t_all.gather(1, logged_item[:, None]).squeeze(1)).pow(2)
+        confidence = self._confidence(td_error)
+        terms["confidence"] = confidence.detach()
+        hint_s = states[:, :-1][where]
+        q_s_all = self.online.head.score_all(hint_s, self.online.encoder.all_item_vectors())
+
+        # lessons: the logged item with `num_rivals` random items (a training candidate set), plus the explored/filtered items
+        g = self.explore_rng.generator
+        rivals = torch.randint(1, self.num_items + 1, (logged_item.numel(), max(1, self.num_rivals)), generator=g, device=g.device)
+        logged = torch.cat([logged_item[:, None], rivals.to(logged_item.device)], dim=1)
+        vectors_t_all = self.teacher.encoder.all_item_vectors().detach()
         everything = torch.ones_like(logged, dtype=torch.bool)
-        lessons = [(q_student, q_teacher, self.online.encoder.item_vectors(logged), vectors_t, everything)]
+        lessons = [(q_s_all.gather(1, logged), q_t_all.gather(1, logged), self.online.encoder.item_vectors(logged), vectors_t_all[logged], everything)]
         if self.explore_filter:
-            items, q_t, vectors_t, mask = self._explore_and_filter(logged, hint_student, hint_teacher)
-            vectors_s = self.online.encoder.item_vectors(items)
-            lessons.append((self.online.head(hint_student, vectors_s), q_t, vectors_s, vectors_t, mask))
-            terms["filtered_size"] = mask.sum(1).float().mean()
+            items, mask_items = self._explore_and_filter(logged, q_s_all.detach(), q_t_all)
+            lessons.append((q_s_all.gather(1, items), q_t_all.gather(1, items), self.online.encoder.item_vectors(items), vectors_t_all[items], mask_items))
+            terms["filtered_size"] = mask_items.sum(1).float().mean()
 
         if self.use_kl:
-            kl = sum(listwise_kl(q_t, q_s, self.temperature, mask) for q_s, q_t, _, _, mask in lessons)
+            kl = sum(listwise_kl(q_t, q_s, self.temperature, lesson_mask) for q_s, q_t, _, _, lesson_mask in lessons)
             terms["kl"] = weighted_mean(kl, confidence)
         if self.use_hint:
-            vectors_s, vectors_t, mask = (torch.cat([lesson[i] for lesson in lessons], dim=1) for i in (2, 3, 4))
-            per_state = hint_mse(self.hint_projection(hint_student), hint_teacher)
-            per_item = hint_mse(self.hint_projection(vectors_s), vectors_t, mask)
+            vectors_s, vectors_t, lesson_mask = (torch.cat([lesson[i] for lesson in lessons], dim=1) for i in (2, 3, 4))
+            per_state = hint_mse(self.hint_projection(hint_s), hint_t)
+            per_item = hint_mse(self.hint_projection(vectors_s), vectors_t, lesson_mask)
             terms["hint"] = weighted_mean(0.5 * (per_state + per_item), confidence)
         return terms
 
-    def td_update(self, batch: dict[str, Tensor]) -> Tensor:
-        """`w_rl * RL + w_kl * KL + w_hint * hint` (+ a co-trained teacher's own TD loss); logs the terms."""
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """`w_rl * RL + w_kl * KL + w_hint * hint` (+ a co-trained teacher's own loss); logs the terms."""
         terms = self.distillation_terms(batch)
         loss = self.w_rl * terms["rl"]
         loss = loss + self.w_kl * terms.get("kl", 0.0) + self.w_hint * terms.get("hint", 0.0) + terms.get("teacher_rl", 0.0)
         self.last_confidence = terms.get("confidence")
         for key, name in LOGGED_TERMS.items():
             if key in terms:
-                self.log(name, terms[key].detach(), on_step=True, on_epoch=False)
+                self.log_step(name, terms[key].detach())
+        self.log_step("train/loss", loss, prog_bar=True)
+        self.log_window_ctr(terms["columns"], terms["mask"], self.rng.generator)
         return loss
 
     @torch.no_grad()
-    def _explore_and_filter(self, logged: Tensor, hint_student: Tensor, hint_teacher: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Lessons per state: `items (B, 2k)`, teacher Q `(B, 2k)` and item vectors `(B, 2k, H_T)`, and the de-dup mask.
+    def _explore_and_filter(self, logged: Tensor, q_s_all: Tensor, q_t_all: Tensor) -> tuple[Tensor, Tensor]:
+        """Lessons per state: `items (P, 2k)` (teacher top-k then student top-k of the explored candidates) and the de-dup mask.
 
-        Both networks score every item once per state (`(B, num_items+1)`, one matrix product) and the
-        explored candidates are gathered from those scores; the caller recomputes the student's
-        lesson scores with gradient.
+        Both networks' scores of every item `(P, num_items + 1)` are given; the explored candidates
+        are gathered from them.
         """
-        assert self._item_popularity is not None and self.teacher is not None
-        candidates = explore_candidates(
-            logged, self.num_candidates, self._item_popularity, self.explore_rng.generator, self.popularity_fraction
-        )
-        vectors_t_all = self.teacher.encoder.all_item_vectors()
-        q_t_all = self.teacher.head.score_all(hint_teacher, vectors_t_all)
-        q_s_all = self.online.head.score_all(hint_student.detach(), self.online.encoder.all_item_vectors())
+        assert self._item_popularity is not None
+        candidates = explore_candidates(logged, self.num_candidates, self._item_popularity, self.explore_rng.generator, self.popularity_fraction)
         columns, mask = filter_topk_union(candidates, q_t_all.gather(1, candidates), q_s_all.gather(1, candidates), self.top_k)
-        items = candidates.gather(1, columns)
-        return items, q_t_all.gather(1, items), vectors_t_all[items], mask
+        return candidates.gather(1, columns), mask

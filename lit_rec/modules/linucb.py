@@ -98,9 +98,10 @@ class LinUCB(StatisticsModule):
         return weights, theta[2 * r :]
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        """Chooses by UCB among the logged item and random items; updates with the chosen arm's reward."""
-        candidates = training_candidates(batch["item"], self.train_negatives, self.num_items, self.rng.generator)
-        features = self._features(batch["history"], candidates)
+        """For every event of the windows, chooses by UCB among the logged item and random items; updates with the chosen arm's reward."""
+        history, item = self.window_events(batch)
+        candidates = training_candidates(item, self.train_negatives, self.num_items, self.rng.generator)
+        features = self._features(history, candidates)
         choice = ucb_scores(features, self.theta, self.a_inv, self.alpha).argmax(dim=1)
         reward = (choice == 0).double()
         chosen = features[torch.arange(features.shape[0], device=self.device), choice]
@@ -108,7 +109,7 @@ class LinUCB(StatisticsModule):
         chosen, reward_all = all_gather_rows(self, chosen), all_gather_rows(self, reward)
         self.a_inv.copy_(sherman_morrison_update(self.a_inv, chosen))
         self.b.add_(chosen.T @ reward_all)
-        self.log_train_ctr(reward, batch["item"].numel())
+        self.log_train_ctr(reward, item.numel())
         self.advance_step()
 
     def score_candidates(self, batch: dict[str, Tensor], candidates: Tensor) -> Tensor:

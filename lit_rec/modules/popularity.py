@@ -26,12 +26,13 @@ class Popularity(StatisticsModule):
         self.register_buffer("counts", torch.zeros(self.num_items + 1, dtype=torch.long))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        """Picks among the positive and random items by count, then adds the batch's clicks."""
-        items = all_gather_rows(self, batch["item"])  # every rank counts every rank's clicks
+        """For every event of the windows, picks among the positive and random items by count, then adds the clicks."""
+        _, item = self.window_events(batch)
+        items = all_gather_rows(self, item)  # every rank counts every rank's clicks
         # The learned counts only: one pass over the train split reproduces item_popularity.
-        candidates = training_candidates(batch["item"], self.train_negatives, self.num_items, self.rng.generator)
+        candidates = training_candidates(item, self.train_negatives, self.num_items, self.rng.generator)
         choice = self.counts[candidates].argmax(dim=1)  # the policy's own pick, before this batch is counted
-        self.log_train_ctr((choice == 0).float(), batch["item"].numel())
+        self.log_train_ctr((choice == 0).float(), item.numel())
         self.counts.index_add_(0, items, torch.ones_like(items))
         self.advance_step()
 

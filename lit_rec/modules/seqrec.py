@@ -1,79 +1,76 @@
-"""SeqRec: the supervised sequential baseline (next-item sampled softmax) on the agents' encoder."""
+"""SeqRec: the supervised sequential reference (SASRec: every position, full-catalogue softmax) on the agents' backbone."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from lit_rec.functional.next_item import TrainingSoftmax, cross_entropy, masked_mean, window_targets
 from lit_rec.modules.base import RecModule
 from lit_rec.networks import QHead, QNetwork, SeqEncoder
-from lit_rec.sampling import SeededGenerator, training_candidates
+from lit_rec.sampling import SeededGenerator
 
 
 class SeqRec(RecModule):
-    """Predicts the logged next item among it and `train_negatives` uniform random items (sampled softmax).
+    """Next-item cross-entropy at every position of each training window, over the whole catalogue (SASRec).
 
     The network is the RL agents' `QNetwork` (SeqEncoder + bilinear head), so this is the
-    non-RL reference for the same architecture. `train/ctr` is the hit rate of the argmax
-    among the training candidates.
+    non-RL reference for the same architecture: what an RL method must beat to be worth its cost.
     """
-
 
     def __init__(
         self,
         dim: int = 64,
-        num_layers: int = 1,
+        num_layers: int = 2,
         num_heads: int = 2,
-        hint_dim: int = 32,
         dropout: float = 0.2,
+        item_init_std: float = 0.02,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
-        train_negatives: int = 50,
+        softmax: Literal["full", "sampled"] = "full",
+        sampled_negatives: int = 1024,
         seed: int = 0,
-        history_len: int = 10,
         **kwargs: Any,
     ) -> None:
         """Args:
-        dim: width of the encoder (embeddings, Transformer, GRU).
+        dim: width of the encoder (embeddings, Transformer, state).
         num_layers: causal Transformer blocks.
         num_heads: attention heads per block.
-        hint_dim: width of the state and item vectors.
         dropout: dropout rate during training.
+        item_init_std: standard deviation of the item embeddings at initialisation.
         lr: Adam learning rate.
         weight_decay: Adam L2 penalty.
-        train_negatives: uniform random items beside the logged one in each softmax.
-        seed: seed of the network's initialisation and of the negative sampler.
-        history_len: longest history the encoder accepts (the data's `history_len` or more).
+        softmax: `full` (every item, one matrix product) or `sampled` (logQ-corrected, for huge catalogues).
+        sampled_negatives: items per batch of the sampled softmax.
+        seed: seed of the network's initialisation and of the samplers.
         """
         super().__init__(**kwargs)
         self.save_hyperparameters()
         self.lr = lr
         self.weight_decay = weight_decay
-        self.train_negatives = train_negatives
+        self.training_softmax = TrainingSoftmax(softmax, sampled_negatives)
         self.rng = SeededGenerator(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            encoder = SeqEncoder(self.num_items, dim, history_len, num_layers, num_heads, hint_dim, dropout)
-            self.network = QNetwork(encoder, QHead(hint_dim))
+            encoder = SeqEncoder(self.num_items, dim, self.history_len, num_layers, num_heads, dropout, item_init_std)
+            self.network = QNetwork(encoder, QHead(dim))
 
     def setup(self, stage: str) -> None:
-        """Checks that the data's states fit the encoder."""
+        """Fits the sampled softmax's distribution to the train items."""
         super().setup(stage)
-        data_len, model_len = self.tensors.history_len, self.network.encoder.history_len
-        if data_len > model_len:
-            raise ValueError(f"data history_len={data_len} exceeds SeqRec history_len={model_len}: set --model.init_args.history_len={data_len}")
+        self.training_softmax.fit(self.tensors.item_popularity)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """Cross-entropy of the logged item (column 0) against the sampled negatives."""
-        candidates = training_candidates(batch["item"], self.train_negatives, self.num_items, self.rng.generator)
-        logits = self.network.score(batch["history"], candidates)
-        target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        loss = F.cross_entropy(logits, target)
+        """Cross-entropy of the logged next item at every position of the windows."""
+        targets, mask = window_targets(batch["history"], batch["item"])
+        encoder = self.network.encoder
+        query = self.network.head.query(encoder.sequence(batch["history"]))
+        columns = self.training_softmax.columns(query, encoder.all_item_vectors(), targets, self.rng.generator)
+        loss = masked_mean(cross_entropy(columns), mask)
         self.log_step("train/loss", loss, prog_bar=True)
-        self.log_train_ctr((logits.argmax(dim=1) == 0).float(), batch["item"].numel())
+        self.log_window_ctr(columns, mask, self.rng.generator)
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

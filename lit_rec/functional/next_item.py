@@ -1,0 +1,135 @@
+"""Next-item training on windows: every prefix's state against the whole catalogue (or a logQ-corrected sample).
+
+A training window is a run of consecutive train items of one user: `history (B, L)` (left-padded)
+followed by `item (B,)`. Position t's state has seen `history[:, :t+1]`; its logged next item is
+`targets[:, t]`. Shapes: `scores (B, L, C)` over C columns; `target (B, L)` the logged item's column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+SOFTMAX = ("full", "sampled")
+
+
+def window_targets(history: Tensor, item: Tensor) -> tuple[Tensor, Tensor]:
+    """`(targets (B, L), mask (B, L))`: the logged next item after every prefix, and the prefixes that hold an item."""
+    assert history.dim() == 2 and item.shape == history.shape[:1], f"history (B, L) and item (B,) expected, got {history.shape}, {item.shape}"
+    targets = torch.cat([history[:, 1:], item.unsqueeze(1)], dim=1)
+    return targets, history > 0
+
+
+@dataclass
+class Columns:
+    """Training scores of one batch of windows: `scores (B, L, C)`, the logged item's column `target (B, L)`,
+    the logQ correction `log_q` (broadcastable to scores; 0 for the full catalogue) and the columns that
+    compete `valid` (broadcastable bool: PAD and a sample's accidental hits are out)."""
+
+    scores: Tensor
+    target: Tensor
+    log_q: Tensor | float
+    valid: Tensor
+    negatives: Tensor | None = None  # the sampled softmax's shared items `(M,)`; None: the full catalogue
+
+    def logits(self) -> Tensor:
+        """Softmax logits `(B, L, C)`: scores minus logQ, non-competing columns at -inf."""
+        return (self.scores - self.log_q).masked_fill(~self.valid, float("-inf"))
+
+    def masked_scores(self) -> Tensor:
+        """Raw scores with non-competing columns at -inf (for a max over actions)."""
+        return self.scores.masked_fill(~self.valid, float("-inf"))
+
+    def logged(self, values: Tensor | None = None) -> Tensor:
+        """`values (B, L, C)` (default: the scores) at the logged item's column, `(B, L)`."""
+        values = self.scores if values is None else values
+        return values.gather(-1, self.target.unsqueeze(-1)).squeeze(-1)
+
+
+def full_catalogue(scores_all: Tensor, targets: Tensor) -> Columns:
+    """Columns = every item id (PAD's column 0 never competes); the logged item's column is its id."""
+    valid = torch.arange(scores_all.shape[-1], device=scores_all.device) > 0
+    return Columns(scores_all, targets, 0.0, valid)
+
+
+def sampled_catalogue(query: Tensor, item_table: Tensor, targets: Tensor, negatives: Tensor, log_q_items: Tensor) -> Columns:
+    """Columns = the logged item, then `negatives (M,)` shared by the batch (sampled softmax, Jean et al. 2015),
+    with logQ correction (Yi et al. 2019) from `log_q_items (num_items + 1,)`; a negative equal to the logged item does not compete.
+
+    `query (B, L, D)` are the head-transformed states, `item_table (num_items + 1, D)` the item vectors.
+    """
+    positive = (query * item_table[targets]).sum(-1, keepdim=True)
+    scores = torch.cat([positive, query @ item_table[negatives].T], dim=-1)
+    column_items = torch.cat([targets.unsqueeze(-1), negatives.expand(*targets.shape, -1)], dim=-1)
+    valid = column_items != targets.unsqueeze(-1)
+    valid[..., 0] = True
+    return Columns(scores, torch.zeros_like(targets), log_q_items[column_items], valid, negatives)
+
+
+def score_columns(query: Tensor, item_table: Tensor, targets: Tensor, columns: Columns) -> Tensor:
+    """Scores `(B, L, C)` of another network's `query (B, L, D)` and `item_table` on the same columns as `columns`."""
+    if columns.negatives is None:
+        return query @ item_table.T
+    positive = (query * item_table[targets]).sum(-1, keepdim=True)
+    return torch.cat([positive, query @ item_table[columns.negatives].T], dim=-1)
+
+
+def cross_entropy(columns: Columns) -> Tensor:
+    """Softmax cross-entropy of the logged item at every position `(B, L)` (masking is the caller's)."""
+    logits = columns.logits()
+    return F.cross_entropy(logits.flatten(0, 1), columns.target.flatten(), reduction="none").view(columns.target.shape)
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of `values` over the positions where `mask` holds (0 when none does)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def greedy_hits(scores: Tensor, target: Tensor, rivals: Tensor) -> Tensor:
+    """Whether the logged column outscores every rival column `(B, L)`: `rivals (B, L, K)` columns (the logged one among them is ignored)."""
+    logged = scores.gather(-1, target.unsqueeze(-1))
+    others = scores.gather(-1, rivals).masked_fill(rivals == target.unsqueeze(-1), float("-inf"))
+    return (others < logged).all(-1)
+
+
+def random_rivals(columns: Columns, count: int, generator: torch.Generator) -> Tensor:
+    """`count` uniformly drawn competing columns per position `(B, L, count)` (column 0 excluded: PAD or, sampled, the logged item)."""
+    b, l, c = columns.scores.shape
+    drawn = torch.randint(1, c, (b, l, count), generator=generator, device=generator.device)
+    return drawn.to(columns.scores.device)
+
+
+class TrainingSoftmax:
+    """Which columns a training step scores: the `full` catalogue (default) or a `sampled` softmax with logQ correction.
+
+    The sample is `sampled_negatives` items per batch drawn from the train items' popularity (smoothed by
+    one count), so its logQ correction removes the sampler's popularity bias.
+    """
+
+    def __init__(self, softmax: str = "full", sampled_negatives: int = 1024) -> None:
+        if softmax not in SOFTMAX:
+            raise ValueError(f"softmax must be one of {SOFTMAX}, got {softmax!r}")
+        if softmax == "sampled" and sampled_negatives < 1:
+            raise ValueError(f"sampled_negatives must be >= 1 with softmax 'sampled', got {sampled_negatives}")
+        self.softmax, self.sampled_negatives = softmax, sampled_negatives
+        self.sampling_probability: Tensor | None = None
+
+    def fit(self, item_popularity: Tensor) -> None:
+        """Sets the sampling distribution from train counts `(num_items + 1,)` (PAD never drawn)."""
+        counts = item_popularity.double() + 1.0
+        counts[0] = 0.0
+        self.sampling_probability = (counts / counts.sum()).float()
+
+    def columns(self, query: Tensor, item_table: Tensor, targets: Tensor, generator: torch.Generator) -> Columns:
+        """Training columns of head-transformed states `query (B, L, D)` for the logged `targets (B, L)`."""
+        if self.softmax == "full":
+            return full_catalogue(query @ item_table.T, targets)
+        assert self.sampling_probability is not None, "TrainingSoftmax.fit(item_popularity) comes first"
+        probability = self.sampling_probability.to(generator.device)
+        negatives = torch.multinomial(probability, self.sampled_negatives, replacement=True, generator=generator).to(query.device)
+        log_q = torch.log(self.sampling_probability.to(query.device).clamp_min(1e-12) * self.sampled_negatives)
+        return sampled_catalogue(query, item_table, targets, negatives, log_q)
