@@ -1,4 +1,4 @@
-"""SeqEncoder and heads: shapes, PAD handling, left-padding invariance, causality, gradients, sizes."""
+"""SeqEncoder (SASRec) and heads: shapes, PAD handling, left-padding invariance, causality, gradients, sizes."""
 
 from __future__ import annotations
 
@@ -16,17 +16,17 @@ from lit_rec.networks import (
     count_parameters,
 )
 
-NUM_ITEMS, L, H = 40, 6, 8
+NUM_ITEMS, L, D = 40, 6, 16
 
 
-def _q_network(dim: int = 16, num_items: int = NUM_ITEMS, hint_dim: int = H) -> QNetwork:
+def _q_network(dim: int = D, num_items: int = NUM_ITEMS) -> QNetwork:
     torch.manual_seed(0)
-    return QNetwork(SeqEncoder(num_items, dim=dim, history_len=L, hint_dim=hint_dim), QHead(hint_dim))
+    return QNetwork(SeqEncoder(num_items, dim=dim, history_len=L, num_layers=2), QHead(dim))
 
 
-def _actor_critic(dim: int = 16) -> ActorCritic:
+def _actor_critic(dim: int = D) -> ActorCritic:
     torch.manual_seed(0)
-    return ActorCritic(SeqEncoder(NUM_ITEMS, dim=dim, history_len=L, hint_dim=H), ActorHead(H), CriticHead(H))
+    return ActorCritic(SeqEncoder(NUM_ITEMS, dim=dim, history_len=L), ActorHead(dim), CriticHead(dim))
 
 
 HISTORY = torch.tensor([[0, 0, 0, 3, 4, 5], [0] * L, [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 7]])
@@ -35,8 +35,8 @@ CANDIDATES = torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 40]])
 
 def test_shapes_and_finite_on_all_pad_histories() -> None:
     q_net, ac = _q_network().eval(), _actor_critic().eval()
-    q, hint = q_net(HISTORY, CANDIDATES)
-    assert q.shape == (4, 3) and hint.shape == (4, H)
+    q, state = q_net(HISTORY, CANDIDATES)
+    assert q.shape == (4, 3) and state.shape == (4, D)
     logits, value = ac(HISTORY, CANDIDATES)
     assert logits.shape == (4, 3) and value.shape == (4,)
     all_pad = torch.zeros(3, L, dtype=torch.long)
@@ -50,10 +50,51 @@ def test_shapes_and_finite_on_all_pad_histories() -> None:
 def test_score_all_matches_score_on_the_same_items() -> None:
     for net in (_q_network().eval(), _actor_critic().eval()):
         assert torch.allclose(net.score_all(HISTORY).gather(1, CANDIDATES), net.score(HISTORY, CANDIDATES), atol=1e-5)
-    # many candidates take the project-the-catalogue path: same numbers
+    # more candidates than items: the same numbers
     net = _q_network().eval()
-    many = torch.randint(1, NUM_ITEMS + 1, (4, 30))
+    many = torch.randint(1, NUM_ITEMS + 1, (4, 60))
     assert torch.allclose(net.score(HISTORY, many), net.score_all(HISTORY).gather(1, many), atol=1e-5)
+
+
+def test_sequence_scores_every_prefix_and_its_last_position_is_the_state() -> None:
+    q_net, ac = _q_network().eval(), _actor_critic().eval()
+    scores, states = q_net.sequence_scores(HISTORY)
+    assert scores.shape == (4, L, NUM_ITEMS + 1) and states.shape == (4, L, D)
+    assert torch.allclose(states[:, -1], q_net.encoder(HISTORY), atol=1e-6)
+    assert torch.allclose(scores[:, -1], q_net.score_all(HISTORY), atol=1e-5)
+    logits, values, ac_states = ac.sequence_scores(HISTORY)
+    assert logits.shape == (4, L, NUM_ITEMS + 1) and values.shape == (4, L) and ac_states.shape == (4, L, D)
+    assert torch.allclose(logits[:, -1], ac.score_all(HISTORY), atol=1e-5)
+    assert torch.allclose(values[:, -1], ac(HISTORY, CANDIDATES)[1], atol=1e-6)
+
+
+def test_sequence_is_causal_a_later_item_never_changes_an_earlier_state() -> None:
+    encoder = _q_network().encoder.eval()
+    history = torch.tensor([[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11]])
+    changed = history.clone()
+    changed[:, 4] = torch.tensor([30, 31])
+    before, after = encoder.sequence(history), encoder.sequence(changed)
+    assert torch.allclose(before[:, :4], after[:, :4], atol=1e-6)
+    assert not torch.allclose(before[:, 4], after[:, 4], atol=1e-3)
+    assert not torch.allclose(before[:, 5], after[:, 5], atol=1e-3)
+
+
+def test_sequence_states_are_left_padding_invariant() -> None:
+    encoder = _q_network().encoder.eval()
+    items = torch.tensor([[3, 4, 5], [9, 1, 2]])
+    padded = torch.cat([torch.zeros(2, L - 3, dtype=torch.long), items], dim=1)
+    # the states after the real items do not depend on how much padding precedes them
+    assert torch.allclose(encoder.sequence(padded)[:, -3:], encoder.sequence(items), atol=1e-5)
+    assert torch.allclose(encoder.sequence(padded[:, 1:])[:, -3:], encoder.sequence(items), atol=1e-5)
+
+
+def test_q_head_starts_as_the_dot_product() -> None:
+    net = _q_network().eval()
+    state = net.encoder(HISTORY)
+    vectors = net.encoder.item_vectors(CANDIDATES)
+    assert torch.allclose(net.score(HISTORY, CANDIDATES), torch.einsum("bd,bcd->bc", state, vectors), atol=1e-6)
+    # tied embeddings: an item's vector is its input embedding
+    assert torch.equal(net.encoder.all_item_vectors(), net.encoder.item_embedding.weight)
 
 
 def test_state_depends_only_on_non_pad_items() -> None:
@@ -91,17 +132,18 @@ def test_gradients_reach_every_parameter() -> None:
         assert no_grad == [], no_grad
 
 
-def test_item_embeddings_start_small_and_pad_is_zero() -> None:
+@pytest.mark.parametrize("std", [0.02, 0.1])
+def test_item_embeddings_start_at_item_init_std_and_pad_is_zero(std: float) -> None:
     torch.manual_seed(0)
-    encoder = SeqEncoder(2000, dim=64)
+    encoder = SeqEncoder(2000, dim=64, item_init_std=std)
     weight = encoder.item_embedding.weight
     assert torch.equal(weight[0], torch.zeros(64))
-    assert weight[1:].std().item() == pytest.approx(0.1, rel=0.05)
+    assert weight[1:].std().item() == pytest.approx(std, rel=0.05)
 
 
 def test_student_is_at_most_half_of_teacher() -> None:
-    # ML-100K-sized catalogue, hint_dim 32: the student differs only in dim
-    teacher, student = _q_network(dim=64, num_items=1682, hint_dim=32), _q_network(dim=32, num_items=1682, hint_dim=32)
+    # ML-100K-sized catalogue: the student differs only in dim (its state, the hint, is narrower too)
+    teacher, student = _q_network(dim=64, num_items=1682), _q_network(dim=32, num_items=1682)
     ratio = count_parameters(student) / count_parameters(teacher)
     assert ratio <= 0.497, ratio
 
