@@ -1,9 +1,9 @@
-"""DQN / Double-DQN targets, the TD loss and the epsilon schedule on hand numbers."""
+"""DQN / Double-DQN targets, the TD losses (one action, and every action in replay) and the epsilon schedule on hand numbers."""
 
 import pytest
 import torch
 
-from lit_rec.functional.td import double_dqn_target, dqn_target, epsilon_at, td_loss
+from lit_rec.functional.td import double_dqn_target, dqn_target, epsilon_at, next_state_values, replay_td_loss, td_loss
 
 
 def test_dqn_target_bootstraps_from_the_target_max_and_stops_at_done():
@@ -63,3 +63,45 @@ def test_epsilon_schedule_is_linear_then_flat():
     assert epsilon_at(100, 1.0, 0.1, 100) == pytest.approx(0.1)
     assert epsilon_at(10_000, 1.0, 0.1, 100) == pytest.approx(0.1)
     assert epsilon_at(5, 1.0, 0.1, 0) == pytest.approx(0.1)
+
+
+def test_next_state_values_dqn_takes_the_target_max_ddqn_the_target_at_the_online_argmax():
+    next_q_target = torch.tensor([[1.0, 5.0, 2.0], [0.0, -1.0, 3.0]])
+    next_q_online = torch.tensor([[3.0, 0.0, 1.0], [0.0, 2.0, 1.0]])
+    assert next_state_values(next_q_target).tolist() == [5.0, 3.0]
+    assert next_state_values(next_q_target, next_q_online).tolist() == [1.0, -1.0]
+    # any leading shape: (B, L - 1, C) -> (B, L - 1)
+    assert next_state_values(next_q_target.expand(4, 2, 3)).shape == (4, 2)
+    with pytest.raises(AssertionError, match="online"):
+        next_state_values(next_q_target, next_q_online[:, :2])
+
+
+def test_replay_td_loss_gives_every_competing_action_its_known_reward():
+    # columns: PAD (not competing, -inf), the logged item, two others; gamma V(s') = 0.5 * 2 = 1
+    q = torch.tensor([[float("-inf"), 0.9, 5.0, 7.0]], requires_grad=True)
+    logged = torch.tensor([1])
+    competing = torch.tensor([False, True, True, True])
+    next_value = torch.tensor([2.0], requires_grad=True)
+    # targets: logged 1 + 1 = 2, others 0 + 1 = 1. MSE: (0.9 - 2)^2 + mean((5 - 1)^2, (7 - 1)^2) = 1.21 + 26
+    mse = replay_td_loss(q, logged, competing, next_value, 0.5, "mse")
+    assert mse.shape == (1,) and mse.item() == pytest.approx(27.21)
+    # Huber (beta 1): 1.1 - 0.5 + mean(4 - 0.5, 6 - 0.5)
+    huber = replay_td_loss(q, logged, competing, next_value, 0.5, "huber")
+    assert huber.item() == pytest.approx(0.6 + 4.5)
+    huber.sum().backward()
+    assert torch.isfinite(q.grad).all() and q.grad[0, 0] == 0  # the -inf column adds nothing
+    assert next_value.grad is None  # the bootstrap is a fixed target
+    with pytest.raises(ValueError, match="huber"):
+        replay_td_loss(q, logged, competing, next_value, 0.5, "l1")  # type: ignore[arg-type]
+
+
+def test_replay_td_loss_double_dqn_bootstrap_is_lower_than_dqn_when_online_and_target_disagree():
+    q = torch.tensor([[0.0, 1.0, 0.5]])
+    logged, competing = torch.tensor([1]), torch.tensor([True, True, True])
+    next_q_target = torch.tensor([[0.2, 2.0, 0.1]])
+    next_q_online = torch.tensor([[1.0, 0.0, 0.0]])  # picks column 0: value 0.2, DQN's max is 2.0
+    dqn = replay_td_loss(q, logged, competing, next_state_values(next_q_target), 0.5, "mse")
+    ddqn = replay_td_loss(q, logged, competing, next_state_values(next_q_target, next_q_online), 0.5, "mse")
+    # DQN: targets (1, 2, 1): (1-2)^2 + mean((0-1)^2, (0.5-1)^2); DDQN: targets (0.1, 1.1, 0.1)
+    assert dqn.item() == pytest.approx(1.0 + (1.0 + 0.25) / 2)
+    assert ddqn.item() == pytest.approx(0.01 + (0.01 + 0.16) / 2)
