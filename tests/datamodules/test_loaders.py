@@ -1,4 +1,4 @@
-"""Loaders: batch contract, resumable train order (by hand and through Lightning), DDP sharding."""
+"""Loaders: batch contract, training windows, resumable train order (by hand and through Lightning), DDP sharding."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from lightning.fabric.utilities.types import _Stateful
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from datamodules.loaders import EvalLoader, PredictLoader, ResumableLoader
+from datamodules.tensors import window_anchors
 
 SMALL = {"synthetic_users": 40, "synthetic_items": 60, "synthetic_events_per_user": 10, "eval_ks": [1, 5]}
 
@@ -42,13 +43,58 @@ def test_batch_contract(dm) -> None:
 
 
 def test_epoch_order_covers_every_event_once_and_changes_per_epoch(dm) -> None:
-    loader = dm.train_dataloader()
-    assert isinstance(loader, _Stateful) and len(loader) == -(-len(dm.tensors.train) // 32)
-    first, second = _indices(list(loader)), _indices(list(loader))
+    events = ResumableLoader(dm.tensors.train, 32, seed=dm.seed)
+    assert isinstance(events, _Stateful) and len(events) == -(-len(dm.tensors.train) // 32)
+    first, second = _indices(list(events)), _indices(list(events))
     assert sorted(sum(first, [])) == list(range(len(dm.tensors.train)))
     assert first != second
     again = ResumableLoader(dm.tensors.train, 32, seed=dm.seed)
     assert _indices(list(again)) == first  # the order is a function of (seed, epoch)
+
+
+def test_train_dataloader_serves_every_window_anchor_once_per_epoch(dm) -> None:
+    anchors = window_anchors(dm.tensors.train.user, dm.history_len)
+    loader = dm.train_dataloader()
+    assert isinstance(loader, _Stateful) and len(loader) == -(-anchors.numel() // 32)
+    first, second = _indices(list(loader)), _indices(list(loader))
+    assert sorted(sum(first, [])) == anchors.tolist() and sorted(sum(second, [])) == anchors.tolist()
+    assert first != second
+    again = ResumableLoader(dm.tensors.train, 32, seed=dm.seed, rows=anchors)
+    assert _indices(list(again)) == first
+
+
+def _user_runs(user: torch.Tensor) -> list[range]:
+    """The index range of each user's train events (events are grouped by user)."""
+    runs, start = [], 0
+    for end in range(1, user.numel() + 1):
+        if end == user.numel() or user[end] != user[start]:
+            runs.append(range(start, end))
+            start = end
+    return runs
+
+
+@pytest.mark.parametrize("history_len", [1, 3, 4, 10])
+def test_windows_target_every_train_event_exactly_once_and_never_mix_users(make_dm, history_len: int) -> None:
+    dm = make_dm(batch_size=16, history_len=history_len, **SMALL)
+    train = dm.tensors.train
+    anchors = window_anchors(train.user, history_len)
+    # each user's last event anchors a window, then every history_len-th event before it
+    expected = [e for run in _user_runs(train.user) for e in run if (run[-1] - e) % history_len == 0]
+    assert anchors.tolist() == expected
+    targets = torch.zeros(len(train), dtype=torch.long)
+    for batch in dm.train_dataloader():
+        for user, history, item, anchor in zip(batch["user"], batch["history"], batch["item"], batch["index"]):
+            # the window (history, then item) is a run of consecutive train items of one user
+            window = torch.cat([history, item[None]])
+            first = max(int(anchor) - history_len, int(dm.tensors.train_offsets[user]))
+            real = window[window > 0]
+            assert real.tolist() == train.item[first : int(anchor) + 1].tolist()
+            assert (train.user[first : int(anchor) + 1] == user).all()
+            # positions 1..L of the window are its targets: the events anchor - L + 1 .. anchor of this user
+            predicted = torch.arange(int(anchor) - history_len + 1, int(anchor) + 1)
+            targets[predicted[predicted >= int(dm.tensors.train_offsets[user])]] += 1
+    assert torch.equal(targets, torch.ones_like(targets))
+    assert window_anchors(torch.zeros(0, dtype=torch.long), 3).numel() == 0
 
 
 def _consume(loader: ResumableLoader, steps: int, prefetch: int) -> tuple[list[list[int]], dict[str, int]]:
@@ -140,12 +186,12 @@ def _fit(dm, folder: Path, ckpt_path: str | None = None, every: int = 1) -> _Rec
 
 @pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
 def test_lightning_resume_replays_exactly_the_remaining_batches(make_dm, tmp_path: Path) -> None:
-    dm = make_dm(batch_size=64, **SMALL)
+    dm = make_dm(batch_size=8, **SMALL)  # 40 windows (one per user): 5 batches an epoch
     per_epoch = len(dm.train_dataloader())
     full = _fit(dm, tmp_path / "full").seen
-    assert len(full) == 2 * per_epoch
+    assert per_epoch == 5 and len(full) == 2 * per_epoch
     for step in (3, per_epoch):  # mid-epoch, and the last batch of the first epoch
-        resumed = _fit(make_dm(batch_size=64, **SMALL), tmp_path / f"resume{step}",
+        resumed = _fit(make_dm(batch_size=8, **SMALL), tmp_path / f"resume{step}",
                        ckpt_path=str(tmp_path / "full" / f"step={step}.ckpt"), every=1000).seen
         assert resumed == full[step:], step
 
