@@ -144,7 +144,7 @@ def window_a2c_loss(
     m = mask.to(log_probs.dtype)
     has_next = m.clone()
     has_next[:, -1] = 0.0
-    policy = (-logged * weight * m).sum(-1)
+    policy = torch.where(mask, -logged * weight, 0.0).sum(-1)  # a PAD target's log-prob is -inf: selected out, not times 0
     value = (0.5 * (returns - values).pow(2) * has_next).sum(-1)
     probs = log_probs.exp()
     entropy = (-(probs * log_probs.masked_fill(probs == 0, 0.0)).sum(-1) * m).sum(-1)

@@ -84,9 +84,12 @@ def cross_entropy(columns: Columns) -> Tensor:
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean of `values` over the positions where `mask` holds (0 when none does)."""
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+    """Mean of `values` over the positions where `mask` holds (0 when none does).
+
+    Positions outside the mask may hold inf (a PAD target's cross-entropy): they are selected out, not multiplied by 0.
+    """
+    mask = mask.bool()
+    return torch.where(mask, values, 0.0).sum() / mask.sum().clamp_min(1).to(values.dtype)
 
 
 def greedy_hits(scores: Tensor, target: Tensor, rivals: Tensor) -> Tensor:
