@@ -157,3 +157,14 @@ def test_window_a2c_weight_is_clamped_at_zero_and_masked_positions_do_not_count(
     assert parts["policy"].item() == pytest.approx(-math.log(0.25) - math.log(0.8))
     assert parts["value"].item() == pytest.approx(0.5 * (0.75 - 2.0) ** 2)
     assert parts["count"].item() == 2
+
+
+def test_window_a2c_loss_of_a_window_with_a_pad_target_is_finite():
+    # position 0's logged item is PAD (log-prob -inf): masked out, not multiplied into a NaN
+    log_probs = torch.log(torch.tensor([[[0.0, 1.0], [0.5, 0.5], [0.8, 0.2]]], dtype=torch.float64)).requires_grad_(True)
+    values = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[False, True, True]])
+    loss, parts = window_a2c_loss(log_probs, torch.zeros(1, 3, dtype=torch.long), values, mask, gamma=0.5)
+    assert torch.isfinite(loss).all() and torch.isfinite(parts["policy"]).all()
+    loss.sum().backward()
+    assert torch.isfinite(log_probs.grad).all() and torch.isfinite(values.grad).all()

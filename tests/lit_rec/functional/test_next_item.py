@@ -108,3 +108,17 @@ def test_training_softmax_samples_by_smoothed_popularity_with_its_log_q() -> Non
     assert torch.allclose(columns.log_q[..., 0], expected_log_q[targets])
     full = TrainingSoftmax().columns(query, table, targets, torch.Generator())
     assert torch.allclose(full.scores, query @ table.T) and torch.equal(full.target, targets)
+
+
+def test_a_padded_window_has_a_finite_loss_and_gradient() -> None:
+    # two PADs: position 0's target is PAD (its cross-entropy is inf); it is masked out, never multiplied into a NaN
+    history, item = torch.tensor([[0, 0, 3, 4]]), torch.tensor([5])
+    targets, mask = window_targets(history, item)
+    scores = torch.randn(1, 4, 6, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    columns = full_catalogue(scores, targets)
+    per_position = cross_entropy(columns)
+    assert per_position[0, 0] == float("inf")
+    loss = masked_mean(per_position, mask)
+    assert loss.item() == pytest.approx(per_position[0, 1:][mask[0, 1:]].mean().item())
+    loss.backward()
+    assert torch.isfinite(scores.grad).all() and torch.equal(scores.grad[0, :2], torch.zeros(2, 6))
