@@ -13,7 +13,14 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 # ckpt_path values that Lightning resolves itself (not files on this machine)
-LIGHTNING_CKPT_NAMES = ("best", "last", "hpc")
+LIGHTNING_CKPT_NAMES = ("last", "hpc")
+# Lightning resolves "best" from the ModelCheckpoint of a fit in the same process; every train.py command
+# builds a fresh Trainer, whose callback has no best path yet (Lightning would raise a ValueError)
+BEST_FILE_HINT = (
+    "`best` names the best checkpoint of a fit in the same process only; pass the file that the method "
+    "configs' monitored ModelCheckpoint wrote: runs/lit_rec/<run id>/checkpoints/best.ckpt with the default "
+    "W&B logger, <default_root_dir>/checkpoints/best.ckpt with --trainer.logger=false"
+)
 
 
 class CheckpointError(Exception):
@@ -51,10 +58,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def check_ckpt_path(ckpt_path: str | Path | None) -> None:
     """Loads a local `--ckpt_path` once so that a bad file fails before Lightning reads it; names that
-    Lightning resolves (best, last, hpc, registry), URLs and folders (sharded checkpoints) are left to it."""
+    Lightning resolves (last, hpc, registry), URLs and folders (sharded checkpoints) are left to it. `best`
+    is a CheckpointError naming the file to pass (`BEST_FILE_HINT`)."""
     if ckpt_path is None:
         return
     text = str(ckpt_path)
+    if text == "best":
+        raise CheckpointError(text, BEST_FILE_HINT)
     if text in LIGHTNING_CKPT_NAMES or text.startswith("registry") or "://" in text or Path(text).is_dir():
         return
     load_checkpoint(text)

@@ -6,16 +6,23 @@ python -m lit_rec.reproduce --data configs/data/ml100k.yaml --data.path ../share
 ```
 
 Every method of `METHODS` is trained with the same data, split and frozen negatives (one data config, one
-data seed) under its budget for `--budget`, then tested; the DRL-Rec student distils from the teacher
-checkpoint of the same seed. Seeds 0..N-1 vary the model (`seed_everything` and `model.init_args.seed`),
-never the data. Any other argument (`--data.format=csv`, `--data.user_col=...`, `--trainer FILE`,
-`--trainer.max_epochs=...`) is passed to every run after its config, as in `train.py`.
+data seed), then tested. The budget rule: each method trains until validation stops improving, within the
+same cap for all. A run stops when `val/ctr@10` has not improved for `PATIENCE` validations (EarlyStopping)
+or at the cap of `--budget` (`CAPS`: `max_epochs` and `max_time`, identical for every learned method), and
+is tested with its best-validation checkpoint (the one ModelCheckpoint on `val/ctr@10`); the DRL-Rec
+student distils from the teacher's best checkpoint of the same seed. Budgets: `quick` (ML-100K, every
+method, one seed: <= 10 min of one core), `full` (ML-1M users 1-2999, one seed: <= 60 min), `smoke` (a few
+steps in two epochs, for tests). Seeds 0..N-1 vary the model (`seed_everything` and
+`model.init_args.seed`), never the data. Any other argument (`--data.format=csv`, `--data.user_col=...`,
+`--trainer FILE`, `--trainer.max_epochs=...`) is passed to every run after its config, as in `train.py`.
 
-Writes to DIR: `table1.md` / `table1.json` (test CTR@k, AUC and ndcg@10_full, mean ± std over seeds),
-`fig2_ctr.png` (`train/ctr` against `train/episodes`, every method), `distill.md` / `distill.json`
-(teacher, student, student alone: parameters, latency, AUC, CTR@k), `runs.json` (every run's metrics
-and curve), `configs/` (the exact config of every run: `python train.py fit --config DIR/configs/X.yaml`
-reruns one), `logs/` (each run's output) and `runs/<run>/wandb/offline-run-*` (one W&B run per training
+Writes to DIR: `table1.md` / `table1.json` (test CTR@k, AUC and ndcg@10_full, mean ± std over seeds, the
+best epoch and the seconds of training of each method), `fig2_ctr.png` (`train/ctr` against
+`train/episodes`, every method), `distill.md` / `distill.json` (teacher, student, student alone:
+parameters, latency, AUC, CTR@k), `runs.json` (every run's metrics, curves, best epoch, epochs run and
+what stopped it), `configs/` (the exact config of every run: `python train.py fit --config
+DIR/configs/X.yaml` reruns one), `checkpoints/<run>/best.ckpt` (each run's best-validation checkpoint, the
+one tested), `logs/` (each run's output) and `runs/<run>/wandb/offline-run-*` (one W&B run per training
 run, all in one group, plus a `report` run with the tables and the figure).
 
 A method is one line of `METHODS` (a config file and its budgets): docs/ADDING_A_METHOD.md.
@@ -32,6 +39,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import statistics
 import sys
 import time
@@ -50,45 +58,43 @@ EXTRA_COLUMNS = ("auc", "ndcg@10_full")
 DISTILL_TARGETS = {"param_ratio": 0.497, "latency_ratio": 0.767}
 
 
-def epochs(quick: int, full: int, smoke_steps: int = 6) -> dict[str, dict[str, int]]:
-    """A budget of whole passes over the train split (`max_epochs`) per budget name; `smoke` is a few steps
-    (each logged, so that even they draw a curve)."""
-    return {
-        "smoke": {"max_steps": smoke_steps, "max_epochs": -1, "log_every_n_steps": 1},
-        "quick": {"max_epochs": quick, "max_steps": -1},
-        "full": {"max_epochs": full, "max_steps": -1},
-    }
+# The budget rule: every method trains until validation stops improving, within the same cap for all.
+MONITOR = "val/ctr@10"
+PATIENCE = 3  # validations without a better MONITOR before a run stops (EarlyStopping, every method alike)
+# The cap of every learned method per budget. `max_time` counts the whole fit, validations included.
+CAPS: dict[str, dict[str, Any]] = {
+    # two epochs of three steps (each logged, so that even they draw a curve): validation, early stopping
+    # and the best checkpoint all run
+    "smoke": {"max_epochs": 2, "max_steps": -1, "limit_train_batches": 3, "log_every_n_steps": 1},
+    # ML-100K, all methods, one seed: 10 learned runs x 45 s + evaluation <= 10 minutes of one core
+    "quick": {"max_epochs": 40, "max_steps": -1, "max_time": "00:00:00:45"},
+    # ML-1M users 1-2999, one seed: 10 learned runs x 5 min + evaluation <= 60 minutes of one core
+    "full": {"max_epochs": 40, "max_steps": -1, "max_time": "00:00:05:00"},
+}
 
 
-def steps(quick: int, full: int, smoke_steps: int = 6) -> dict[str, dict[str, int]]:
-    """A budget of optimizer steps (`max_steps`), for a method whose batch is not a slice of the train split."""
-    return {
-        "smoke": {"max_steps": smoke_steps, "max_epochs": -1, "log_every_n_steps": 1},
-        "quick": {"max_steps": quick, "max_epochs": -1},
-        "full": {"max_steps": full, "max_epochs": -1},
-    }
+def capped(**overrides: Any) -> dict[str, dict[str, Any]]:
+    """Every budget's common cap (`CAPS`) with `overrides` on top, for a method that needs less than the cap."""
+    return {name: {**cap, **overrides} for name, cap in CAPS.items()}
 
 
-# The budget rule: every learned method sees the train split the same number of times. `quick` (2 passes)
-# runs all methods on ml-100k, one seed, in about 7 minutes of one core; `full` (3 passes) on
-# ml-1m-users1-2999 in about 27 minutes (one seed). Popularity only counts, so one pass is all it needs.
-DEFAULT_BUDGETS = epochs(quick=2, full=3)
+DEFAULT_BUDGETS = capped()
 
 
 @dataclass(frozen=True)
 class Method:
     """One row of Table 1: a config under `configs/`, its budgets and extra CLI arguments.
 
-    `budgets` maps each budget name (`smoke`, `quick`, `full`) to trainer overrides (`max_epochs`,
-    `max_steps`, ...); the default is `DEFAULT_BUDGETS`. `role` wires DRL-Rec: a `teacher` run's
-    checkpoint is saved, and a `student` run of the same seed gets `--model.init_args.teacher_ckpt=`
-    that checkpoint (`requires` names the teacher method); `student_alone` is reported beside them in
-    `distill.md`. `trainer` holds more trainer overrides for every budget.
+    `budgets` maps each budget name (`smoke`, `quick`, `full`) to trainer overrides; the default,
+    `DEFAULT_BUDGETS`, is the common cap `CAPS` (every run also stops early on `val/ctr@10`). `role`
+    wires DRL-Rec: a `student` run gets `--model.init_args.teacher_ckpt=` the best checkpoint of the
+    same seed's `teacher` run (`requires` names the teacher method); `student_alone` is reported beside
+    them in `distill.md`. `trainer` holds more trainer overrides for every budget.
     """
 
     name: str
     config: str
-    budgets: dict[str, dict[str, int]] = field(default_factory=lambda: DEFAULT_BUDGETS)
+    budgets: dict[str, dict[str, Any]] = field(default_factory=lambda: DEFAULT_BUDGETS)
     args: tuple[str, ...] = ()
     role: str = "table"
     requires: str | None = None
@@ -102,7 +108,7 @@ class Method:
 
 # Table 1's rows in order. A new method is one line here plus its config (docs/ADDING_A_METHOD.md).
 METHODS: list[Method] = [
-    Method("Popularity", "configs/popularity.yaml", epochs(1, 1)),
+    Method("Popularity", "configs/popularity.yaml", capped(max_epochs=1)),  # counts clicks: one pass is all
     Method("LinUCB", "configs/linucb.yaml"),
     Method("SeqRec", "configs/seqrec.yaml"),
     Method("DQN", "configs/dqn.yaml"),
@@ -137,6 +143,11 @@ class RunResult:
     train_negatives: int | None
     wall_s: float
     cpu_s: float = 0.0
+    train_s: float = 0.0  # wall seconds of `trainer.fit` (validations included)
+    best_epoch: int | None = None  # 0-based epoch of the best val/ctr@10 (the checkpoint tested); None: no validation
+    epochs: int = 0  # epochs run (the last one possibly cut short by the time cap)
+    stopped_by: str = ""  # early_stopping, max_time, max_epochs, max_steps or other
+    checkpoint: str | None = None  # the tested best checkpoint (DRL-Rec: the student's teacher)
     module: Any = None  # kept only for the DRL-Rec latency measurement
 
 
@@ -175,13 +186,22 @@ class Reproduction:
         if data:
             spec["data"] = data
         trainer = spec.setdefault("trainer", {})
-        callbacks = [c for c in trainer.get("callbacks") or [] if not str(c.get("class_path", "")).endswith("ModelCheckpoint")]
-        callbacks.append({"class_path": "callbacks.curve_recorder.CurveRecorder"})
         run_name = f"{method.slug}-seed{seed}"
+        # the config's checkpoints and early stopping give way to the same ones for every method: the best
+        # val/ctr@10 kept (no periodic files), and a stop after PATIENCE validations without improvement
+        callbacks = [c for c in trainer.get("callbacks") or []
+                     if not str(c.get("class_path", "")).endswith(("ModelCheckpoint", "EarlyStopping"))]
+        callbacks += [
+            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+             "init_args": {"dirpath": str(self.checkpoint_dir(method, seed)), "filename": "best", "monitor": MONITOR,
+                           "mode": "max", "save_top_k": 1}},
+            {"class_path": "lightning.pytorch.callbacks.EarlyStopping",
+             "init_args": {"monitor": MONITOR, "mode": "max", "patience": PATIENCE, "check_on_train_epoch_end": False}},
+            {"class_path": "callbacks.curve_recorder.CurveRecorder"},
+        ]
         trainer.update(
             callbacks=callbacks,
             logger=self.logger_spec(method, seed, run_name),
-            enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,
             num_sanity_val_steps=0,
@@ -209,7 +229,8 @@ class Reproduction:
         }
 
     def run(self, method: Method, seed: int, extra: list[str]) -> RunResult:
-        """Fits and tests one method for one seed (in this process, through `lit_rec.cli.make_cli`)."""
+        """Fits one method for one seed (in this process, through `lit_rec.cli.make_cli`), then tests its
+        best-validation checkpoint."""
         from callbacks.curve_recorder import CurveRecorder
         from lit_rec.cli import make_cli
 
@@ -217,21 +238,34 @@ class Reproduction:
         config = self.out / "configs" / f"{run_name}.yaml"
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(yaml.safe_dump(self.run_spec(method, seed), sort_keys=False))
-        args = ["fit", "--config", str(config), *self.passthrough, *method.args, *extra]
+        shutil.rmtree(self.checkpoint_dir(method, seed), ignore_errors=True)  # an earlier reproduction's best
+        args = ["--config", str(config), *self.passthrough, *method.args, *extra]
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
         started, cpu_started = time.perf_counter(), time.process_time()
         with open(self.out / "logs" / f"{run_name}.log", "w") as output, \
                 contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
-            print("args:", " ".join(args), flush=True)
+            print("args: fit", " ".join(args), flush=True)
             try:
-                cli = make_cli(args)
-                cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
-                recorder = next(c for c in cli.trainer.callbacks if isinstance(c, CurveRecorder))
+                cli = make_cli(args, run=False)  # `fit` below, so that its time is the training time
+                trainer = cli.trainer
+                fit_started = time.perf_counter()
+                trainer.fit(cli.model, datamodule=cli.datamodule)
+                train_s = time.perf_counter() - fit_started
+                # read before `test`: testing a checkpoint restores the callbacks' states saved in it
+                recorder = next(c for c in trainer.callbacks if isinstance(c, CurveRecorder))
+                curve, val_curve = list(recorder.points), list(recorder.val_points)
+                epochs, stop = trainer.current_epoch, stopped_by(trainer)
+                best = best_checkpoint(trainer)
+                if not best and method.role == "teacher":  # no validation ran: the student distils the last state
+                    self.checkpoint_dir(method, seed).mkdir(parents=True, exist_ok=True)
+                    best = str(self.checkpoint_dir(method, seed) / "last.ckpt")
+                    trainer.save_checkpoint(best)
+                # the best checkpoint's weights are loaded into cli.model (its final state when there is none)
+                trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False)
                 metrics = {k: v for k, v in getattr(cli.model, "last_metrics", {}).items() if k.startswith("test/")}
-                result = RunResult(method.name, seed, metrics, list(recorder.points), list(recorder.val_points),
-                                   getattr(cli.model, "train_negatives", None), 0.0)
-                if method.role == "teacher":
-                    cli.trainer.save_checkpoint(self.checkpoint(method, seed))
+                result = RunResult(method.name, seed, metrics, curve, val_curve, getattr(cli.model, "train_negatives", None),
+                                   0.0, train_s=train_s, best_epoch=best_epoch(val_curve) if best else None,
+                                   epochs=epochs, stopped_by=stop, checkpoint=best or None)
                 if method.role in ("teacher", "student"):
                     for earlier in self.results:  # only the latest seed's networks are timed
                         if earlier.method == method.name:
@@ -244,9 +278,9 @@ class Reproduction:
         result.cpu_s = time.process_time() - cpu_started
         return result
 
-    def checkpoint(self, method: Method, seed: int) -> Path:
-        """Where a teacher run's checkpoint goes."""
-        return self.out / "checkpoints" / f"{method.slug}-seed{seed}.ckpt"
+    def checkpoint_dir(self, method: Method, seed: int) -> Path:
+        """Where a run's best checkpoint (`best.ckpt`) goes."""
+        return self.out / "checkpoints" / f"{method.slug}-seed{seed}"
 
     def finish_wandb(self, trainer: Any, method: Method, seed: int, result: RunResult) -> None:
         """Adds the reproduction's context to the run config and the best validation CTR@k to the summary."""
@@ -260,6 +294,8 @@ class Reproduction:
                                          "seed": seed, "group": self.group}}, allow_val_change=True)
         best = best_validation(result.val_curve)
         run.summary.update({f"best/val_ctr@{k}": v for k, v in best.items()})
+        run.summary.update({"best/epoch": result.best_epoch, "train_s": result.train_s, "epochs": result.epochs,
+                            "stopped_by": result.stopped_by})
 
     # ------------------------------------------------------------------ all runs
     def execute(self) -> int:
@@ -274,12 +310,12 @@ class Reproduction:
                 done += 1
                 extra: list[str] = []
                 if method.role == "student" and method.requires:
-                    teacher = next(m for m in self.methods if m.name == method.requires)
-                    ckpt = self.checkpoint(teacher, seed)
-                    if not ckpt.exists():
-                        self.fail(method, seed, f"no teacher checkpoint {ckpt}", done, total)
+                    teacher = next((r for r in self.results if r.method == method.requires and r.seed == seed), None)
+                    ckpt = teacher.checkpoint if teacher is not None else None
+                    if ckpt is None or not Path(ckpt).exists():
+                        self.fail(method, seed, f"no checkpoint of {method.requires} seed {seed}", done, total)
                         continue
-                    extra.append(f"--model.init_args.teacher_ckpt={ckpt}")
+                    extra.append(f"--model.init_args.teacher_ckpt={ckpt}")  # the teacher's best
                 try:
                     result = self.run(method, seed, extra)
                 except (Exception, SystemExit) as error:  # noqa: BLE001 - one failed method must not lose the others
@@ -293,7 +329,9 @@ class Reproduction:
                 log(f"{done}/{total} {method.name} seed {seed}: test "
                     + " ".join(f"ctr@{k} {m.get(f'test/ctr@{k}', math.nan):.3f}" for k in KS)
                     + f" auc {m.get('test/auc', math.nan):.3f} ndcg@10_full {m.get('test/ndcg@10_full', math.nan):.4f}"
-                    + f" ({result.wall_s:.0f} s wall, {result.cpu_s:.0f} s CPU; {self.elapsed()} so far)")
+                    + f" (best epoch {result.best_epoch} of {result.epochs}, stopped by {result.stopped_by};"
+                    + f" {result.train_s:.0f} s training, {result.wall_s:.0f} s wall, {result.cpu_s:.0f} s CPU;"
+                    + f" {self.elapsed()} so far)")
                 self.write_runs()
         self.write_reports()
         return 1 if self.failures else 0
@@ -315,6 +353,9 @@ class Reproduction:
         return {
             "dataset": self.dataset,
             "budget": self.budget,
+            "cap": CAPS[self.budget],
+            "monitor": MONITOR,
+            "patience": PATIENCE,
             "seeds": self.seeds,
             "command": "python -m lit_rec.reproduce " + " ".join(self.options.argv),
             "wandb_group": self.group,
@@ -328,7 +369,8 @@ class Reproduction:
     def write_runs(self) -> None:
         """`runs.json`: every finished run's test metrics and curves (rewritten after each run)."""
         runs = [{"method": r.method, "seed": r.seed, "wall_s": round(r.wall_s, 1), "cpu_s": round(r.cpu_s, 1),
-                 "train_negatives": r.train_negatives,
+                 "train_s": round(r.train_s, 1), "best_epoch": r.best_epoch, "epochs": r.epochs,
+                 "stopped_by": r.stopped_by, "checkpoint": r.checkpoint, "train_negatives": r.train_negatives,
                  "metrics": r.metrics, "best_val": best_validation(r.val_curve), "curve": r.curve,
                  "val_curve": r.val_curve} for r in self.results]
         payload = {"meta": self.meta(), "runs": runs, "failures": self.failures}
@@ -409,7 +451,7 @@ class Reproduction:
         run = wandb.init(project=self.options.project, group=self.group, name="report", job_type="report",
                          dir=str(self.out / "runs" / "report"), mode=self.options.wandb,
                          tags=[self.budget, self.dataset], config={"reproduce": self.meta()})
-        columns = ["method", *(f"ctr@{k}" for k in KS), *EXTRA_COLUMNS]
+        columns = ["method", *(f"ctr@{k}" for k in KS), *EXTRA_COLUMNS, "best_epoch", "train_s"]
         run.log({
             "table1": wandb.Table(columns=columns, data=[[r["method"], *(r.get(c) for c in columns[1:])] for r in rows]),
             "fig2_ctr": wandb.Image(str(self.out / "fig2_ctr.png")),
@@ -489,13 +531,51 @@ def best_validation(val_curve: list[dict[str, float]]) -> dict[str, float]:
     return best
 
 
+def best_checkpoint(trainer: Any) -> str:
+    """The file of the trainer's ModelCheckpoint on `MONITOR` ("" when no validation ran)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    monitored = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor == MONITOR]
+    return monitored[0].best_model_path if monitored else ""
+
+
+def best_epoch(val_curve: list[dict[str, float]]) -> int | None:
+    """The 0-based epoch of the first validation with the highest `MONITOR`: the one ModelCheckpoint keeps
+    (it replaces its best only on a strict improvement)."""
+    points = [p for p in val_curve if p.get(MONITOR) is not None and not math.isnan(p[MONITOR]) and "epoch" in p]
+    if not points:
+        return None
+    best = max(p[MONITOR] for p in points)
+    return int(next(p["epoch"] for p in points if p[MONITOR] == best))
+
+
+def stopped_by(trainer: Any) -> str:
+    """What ended the fit: `early_stopping` (no better `MONITOR` for PATIENCE validations), `max_time`,
+    `max_epochs`, `max_steps`, or `other` (an interruption, say)."""
+    from lightning.pytorch.callbacks import EarlyStopping, Timer
+
+    for callback in trainer.callbacks:
+        if isinstance(callback, EarlyStopping) and (callback.stopped_epoch > 0 or callback.stopping_reason_message):
+            return "early_stopping"
+        if isinstance(callback, Timer) and callback.time_remaining("train") is not None \
+                and callback.time_remaining("train") <= 0:
+            return "max_time"
+    if trainer.max_epochs is not None and trainer.max_epochs >= 0 and trainer.current_epoch >= trainer.max_epochs:
+        return "max_epochs"
+    if trainer.max_steps is not None and trainer.max_steps >= 0 and trainer.global_step >= trainer.max_steps:
+        return "max_steps"
+    return "other"
+
+
 # --------------------------------------------------------------------------- tables
 
 
 def table_rows(results: list[RunResult], order: list[str]) -> list[dict[str, Any]]:
-    """Random, then one row per method (means over seeds, `<key>_std` beside each mean)."""
+    """Random, then one row per method (means over seeds, `<key>_std` beside each mean): test metrics, the
+    best epoch (`best_epoch`, 0-based; `best_epochs` per seed), epochs run, what stopped each seed's fit and
+    the seconds of training (`train_s`, wall time of fit)."""
     rows: list[dict[str, Any]] = [{"method": "Random", **{f"ctr@{k}": 1 / (k + 1) for k in KS}, "auc": 0.5,
-                                   "ndcg@10_full": None, "seeds": 0}]
+                                   "ndcg@10_full": None, "seeds": 0, "best_epoch": None, "train_s": None}]
     for name in order:
         runs = [r for r in results if r.method == name]
         if not runs:
@@ -505,6 +585,14 @@ def table_rows(results: list[RunResult], order: list[str]) -> list[dict[str, Any
             values = [r.metrics[f"test/{key}"] for r in runs if f"test/{key}" in r.metrics]
             row[key] = statistics.fmean(values) if values else None
             row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+        best_epochs = [r.best_epoch for r in runs if r.best_epoch is not None]
+        row["best_epochs"] = best_epochs
+        row["best_epoch"] = statistics.fmean(best_epochs) if best_epochs else None
+        row["best_epoch_std"] = statistics.stdev(best_epochs) if len(best_epochs) > 1 else (0.0 if best_epochs else None)
+        row["epochs"] = statistics.fmean(r.epochs for r in runs)
+        row["stopped_by"] = [r.stopped_by for r in runs]
+        row["train_s"] = round(statistics.fmean(r.train_s for r in runs), 1)
+        row["train_s_std"] = round(statistics.stdev(r.train_s for r in runs), 1) if len(runs) > 1 else 0.0
         row["wall_s"] = round(statistics.fmean(r.wall_s for r in runs), 1)
         row["cpu_s"] = round(statistics.fmean(r.cpu_s for r in runs), 1)
         rows.append(row)
@@ -524,7 +612,8 @@ def _cell(row: dict[str, Any], key: str, best: float | None, digits: int = 3) ->
 
 
 def format_table1(rows: list[dict[str, Any]], meta: dict[str, Any], failures: list[dict[str, Any]]) -> str:
-    """Table 1's layout (Method | k=1 ... k=100) plus AUC and ndcg@10_full, best learned value in bold."""
+    """Table 1's layout (Method | k=1 ... k=100) plus AUC and ndcg@10_full, best learned value in bold, then
+    the best epoch and the seconds of training."""
     keys = [*(f"ctr@{k}" for k in KS), *EXTRA_COLUMNS]
     methods = [r for r in rows if r["method"] != "Random"]
     best = {key: max((r[key] for r in methods if r.get(key) is not None), default=None) for key in keys}
@@ -537,20 +626,55 @@ def format_table1(rows: list[dict[str, Any]], meta: dict[str, Any], failures: li
         "ties share), AUC against the 100 negatives, full-ranking NDCG@10. Best learned value in bold; "
         "Random is 1/(k+1).",
         "",
-        "| Method | k=1 | k=10 | k=20 | k=50 | k=100 | AUC | NDCG@10 (full) |",
-        "|---|---|---|---|---|---|---|---|",
+        f"Each method trained until {meta.get('monitor', MONITOR)} stopped improving for "
+        f"{meta.get('patience', PATIENCE)} validations, within the same cap for all "
+        f"({cap_text(meta.get('cap', CAPS[meta['budget']]))}), and was tested with its best-validation "
+        "checkpoint. *best epoch*: the epoch (from 0) of that checkpoint; *train s*: wall seconds of the fit "
+        "(validations included).",
+        "",
+        "| Method | k=1 | k=10 | k=20 | k=50 | k=100 | AUC | NDCG@10 (full) | best epoch | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         name = f"*{row['method']} (1/(k+1))*" if row["method"] == "Random" else row["method"]
         digits = {"ndcg@10_full": 4}
         cells = [_cell(row, key, best[key], digits.get(key, 3)) for key in keys]
+        cells.append(_cell(row, "best_epoch", None, 0 if seeds == 1 else 1))
+        cells.append(_cell(row, "train_s", None, 1))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"`{meta['command']}`  ", f"{meta['date']}, {meta['wall_s'] / 60:.1f} min wall "
               f"({meta['cpu_s'] / 60:.1f} min CPU of this process; load average {meta['load_average_at_start']} at the start), "
               f"torch threads {meta['torch_threads']}, W&B group `{meta['wandb_group']}`."]
+    capped_runs = [f"{r['method']} ({', '.join(sorted(set(r['stopped_by'])))})" for r in methods
+                   if any(s != "early_stopping" for s in r.get("stopped_by", [])) and r.get("epochs", 0) > 1]
+    if capped_runs:
+        lines += ["", "Stopped by the cap, not by early stopping (validation may still have been improving): "
+                  + ", ".join(capped_runs) + "."]
     if failures:
         lines += ["", "Failed runs: " + "; ".join(f"{f['method']} seed {f['seed']}: {f['error']}" for f in failures)]
     return "\n".join(lines) + "\n"
+
+
+def cap_text(cap: dict[str, Any]) -> str:
+    """A budget's cap in words: `40 epochs, 45 s`."""
+    parts = []
+    if cap.get("max_epochs", -1) not in (-1, None):
+        parts.append(f"{cap['max_epochs']} epochs")
+    if cap.get("max_steps", -1) not in (-1, None):
+        parts.append(f"{cap['max_steps']} steps")
+    if cap.get("limit_train_batches") is not None:
+        parts.append(f"{cap['limit_train_batches']} batches an epoch")
+    if cap.get("max_time"):
+        parts.append(f"{cap_seconds(cap):.0f} s")
+    return ", ".join(parts) or "none"
+
+
+def cap_seconds(cap: dict[str, Any]) -> float:
+    """A cap's `max_time` (Lightning's `DD:HH:MM:SS`) in seconds; inf without one."""
+    if not cap.get("max_time"):
+        return math.inf
+    days, hours, minutes, seconds = (int(x) for x in str(cap["max_time"]).split(":"))
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
 def format_distill(report: dict[str, Any], meta: dict[str, Any]) -> str:

@@ -2,7 +2,9 @@
 
 A training window is a run of consecutive train items of one user: `history (B, L)` (left-padded)
 followed by `item (B,)`. Position t's state has seen `history[:, :t+1]`; its logged next item is
-`targets[:, t]`. Shapes: `scores (B, L, C)` over C columns; `target (B, L)` the logged item's column.
+`targets[:, t]`. Shapes: `scores (..., C)` over C columns for states `(...)` (every position of a
+batch of windows `(B, L)`, or the positions that hold an item, flattened `(P,)`); `target (...)`
+the logged item's column.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ def window_targets(history: Tensor, item: Tensor) -> tuple[Tensor, Tensor]:
 
 @dataclass
 class Columns:
-    """Training scores of one batch of windows: `scores (B, L, C)`, the logged item's column `target (B, L)`,
+    """Training scores of a batch of states: `scores (..., C)`, the logged item's column `target (...)`,
     the logQ correction `log_q` (broadcastable to scores; 0 for the full catalogue) and the columns that
-    compete `valid` (broadcastable bool: PAD and a sample's accidental hits are out)."""
+    compete `valid` (broadcastable bool: a sample's accidental hits are out). Full catalogue: column j is
+    item j + 1 (PAD has no column); sampled: column 0 is the logged item, then the shared negatives."""
 
     scores: Tensor
     target: Tensor
@@ -36,30 +39,30 @@ class Columns:
     negatives: Tensor | None = None  # the sampled softmax's shared items `(M,)`; None: the full catalogue
 
     def logits(self) -> Tensor:
-        """Softmax logits `(B, L, C)`: scores minus logQ, non-competing columns at -inf."""
+        """Softmax logits `(..., C)`: scores minus logQ, non-competing columns at -inf."""
+        if self.negatives is None:
+            return self.scores  # the full catalogue: no correction, every column competes
         return (self.scores - self.log_q).masked_fill(~self.valid, float("-inf"))
 
     def masked_scores(self) -> Tensor:
         """Raw scores with non-competing columns at -inf (for a max over actions)."""
+        if self.negatives is None:
+            return self.scores
         return self.scores.masked_fill(~self.valid, float("-inf"))
 
-    def logged(self, values: Tensor | None = None) -> Tensor:
-        """`values (B, L, C)` (default: the scores) at the logged item's column, `(B, L)`."""
-        values = self.scores if values is None else values
-        return values.gather(-1, self.target.unsqueeze(-1)).squeeze(-1)
 
-
-def full_catalogue(scores_all: Tensor, targets: Tensor) -> Columns:
-    """Columns = every item id (PAD's column 0 never competes); the logged item's column is its id."""
-    valid = torch.arange(scores_all.shape[-1], device=scores_all.device) > 0
-    return Columns(scores_all, targets, 0.0, valid)
+def full_catalogue(query: Tensor, item_table: Tensor, targets: Tensor) -> Columns:
+    """Columns = every item (column j is item j + 1: PAD never competes) for head-transformed states `query (..., D)`."""
+    scores = query @ item_table[1:].T
+    # a PAD target (a position the caller masks out) reads column 0
+    return Columns(scores, (targets - 1).clamp_min(0), 0.0, torch.ones((), dtype=torch.bool, device=scores.device))
 
 
 def sampled_catalogue(query: Tensor, item_table: Tensor, targets: Tensor, negatives: Tensor, log_q_items: Tensor) -> Columns:
     """Columns = the logged item, then `negatives (M,)` shared by the batch (sampled softmax, Jean et al. 2015),
     with logQ correction (Yi et al. 2019) from `log_q_items (num_items + 1,)`; a negative equal to the logged item does not compete.
 
-    `query (B, L, D)` are the head-transformed states, `item_table (num_items + 1, D)` the item vectors.
+    `query (..., D)` are the head-transformed states, `item_table (num_items + 1, D)` the item vectors.
     """
     positive = (query * item_table[targets]).sum(-1, keepdim=True)
     scores = torch.cat([positive, query @ item_table[negatives].T], dim=-1)
@@ -70,17 +73,17 @@ def sampled_catalogue(query: Tensor, item_table: Tensor, targets: Tensor, negati
 
 
 def score_columns(query: Tensor, item_table: Tensor, targets: Tensor, columns: Columns) -> Tensor:
-    """Scores `(B, L, C)` of another network's `query (B, L, D)` and `item_table` on the same columns as `columns`."""
+    """Scores `(..., C)` of another network's `query (..., D)` and `item_table` on the same columns as `columns`."""
     if columns.negatives is None:
-        return query @ item_table.T
+        return query @ item_table[1:].T
     positive = (query * item_table[targets]).sum(-1, keepdim=True)
     return torch.cat([positive, query @ item_table[columns.negatives].T], dim=-1)
 
 
 def cross_entropy(columns: Columns) -> Tensor:
-    """Softmax cross-entropy of the logged item at every position `(B, L)` (masking is the caller's)."""
+    """Softmax cross-entropy of the logged item for every state `(...)` (masking is the caller's)."""
     logits = columns.logits()
-    return F.cross_entropy(logits.flatten(0, 1), columns.target.flatten(), reduction="none").view(columns.target.shape)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), columns.target.reshape(-1), reduction="none").view(columns.target.shape)
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -93,16 +96,15 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
 
 
 def greedy_hits(scores: Tensor, target: Tensor, rivals: Tensor) -> Tensor:
-    """Whether the logged column outscores every rival column `(B, L)`: `rivals (B, L, K)` columns (the logged one among them is ignored)."""
+    """Whether the logged column outscores every rival column `(...)`: `rivals (..., K)` columns (the logged one among them is ignored)."""
     logged = scores.gather(-1, target.unsqueeze(-1))
     others = scores.gather(-1, rivals).masked_fill(rivals == target.unsqueeze(-1), float("-inf"))
     return (others < logged).all(-1)
 
 
 def random_rivals(columns: Columns, count: int, generator: torch.Generator) -> Tensor:
-    """`count` uniformly drawn competing columns per position `(B, L, count)` (column 0 excluded: PAD or, sampled, the logged item)."""
-    b, l, c = columns.scores.shape
-    drawn = torch.randint(1, c, (b, l, count), generator=generator, device=generator.device)
+    """`count` uniformly drawn columns per state `(..., count)` (a draw of the logged column is ignored by `greedy_hits`)."""
+    drawn = torch.randint(0, columns.scores.shape[-1], (*columns.scores.shape[:-1], count), generator=generator, device=generator.device)
     return drawn.to(columns.scores.device)
 
 
@@ -128,9 +130,9 @@ class TrainingSoftmax:
         self.sampling_probability = (counts / counts.sum()).float()
 
     def columns(self, query: Tensor, item_table: Tensor, targets: Tensor, generator: torch.Generator) -> Columns:
-        """Training columns of head-transformed states `query (B, L, D)` for the logged `targets (B, L)`."""
+        """Training columns of head-transformed states `query (..., D)` for the logged `targets (...)`."""
         if self.softmax == "full":
-            return full_catalogue(query @ item_table.T, targets)
+            return full_catalogue(query, item_table, targets)
         assert self.sampling_probability is not None, "TrainingSoftmax.fit(item_popularity) comes first"
         probability = self.sampling_probability.to(generator.device)
         negatives = torch.multinomial(probability, self.sampled_negatives, replacement=True, generator=generator).to(query.device)

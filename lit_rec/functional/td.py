@@ -49,26 +49,33 @@ def next_state_values(next_q_target: Tensor, next_q_online: Tensor | None = None
     return next_q_target.gather(-1, next_q_online.argmax(dim=-1, keepdim=True)).squeeze(-1)
 
 
+def _elementwise_loss(error: Tensor, kind: str) -> Tensor:
+    """Huber (delta 1) or squared loss of each TD error."""
+    if kind == "huber":
+        magnitude = error.abs()
+        return torch.where(magnitude < 1.0, 0.5 * error * error, magnitude - 0.5)
+    if kind == "mse":
+        return error * error
+    raise ValueError(f"td loss kind must be 'huber' or 'mse', got {kind!r}")
+
+
 def replay_td_loss(
     q: Tensor, logged: Tensor, competing: Tensor, next_value: Tensor, gamma: float, kind: Literal["huber", "mse"] = "huber"
 ) -> Tensor:
     """TD loss per state `(...)` for every action at once, in replay: `Q*(s, a) = 1[a = logged] + gamma V(s')`.
 
     In offline replay the reward of every action is known (1 for the logged item, 0 otherwise) and the
-    next state does not depend on the action, so each competing column has a target. `q (..., C)`,
-    `logged (...)` the logged column, `competing` bool broadcastable to `q`, `next_value (...)` detached.
-    The loss is the logged action's TD error plus the mean over the other competing actions.
+    next state does not depend on the action, so each competing column has a target. `q (..., C)` finite
+    scores, `logged (...)` the logged column, `competing` bool broadcastable to `q` (the logged column
+    competes), `next_value (...)` (detached here). The loss is the logged action's TD error (Huber or
+    squared) plus the mean over the other competing actions.
     """
-    target = (gamma * next_value.detach()).unsqueeze(-1).expand_as(q)
-    reward = torch.zeros_like(q).scatter_(-1, logged.unsqueeze(-1), 1.0)
-    safe_q = torch.where(competing, q, target + reward)  # non-competing columns (maybe -inf) add nothing
-    if kind == "huber":
-        per_action = torch.nn.functional.smooth_l1_loss(safe_q, target + reward, beta=1.0, reduction="none")
-    elif kind == "mse":
-        per_action = torch.nn.functional.mse_loss(safe_q, target + reward, reduction="none")
-    else:
-        raise ValueError(f"td loss kind must be 'huber' or 'mse', got {kind!r}")
-    logged_term = per_action.gather(-1, logged.unsqueeze(-1)).squeeze(-1)
-    others = competing & (reward == 0)
-    other_term = (per_action * others).sum(-1) / others.sum(-1).clamp_min(1)
-    return logged_term + other_term
+    bootstrap = gamma * next_value.detach()
+    per_action = _elementwise_loss(q - bootstrap.unsqueeze(-1), kind)  # the error of an action with reward 0
+    if competing.dim() > 0:
+        per_action = per_action * competing
+    logged_q = q.gather(-1, logged.unsqueeze(-1)).squeeze(-1)
+    as_if_unrewarded = per_action.gather(-1, logged.unsqueeze(-1)).squeeze(-1)
+    count = (competing.expand_as(q).sum(-1) if competing.dim() > 0 else torch.full_like(logged_q, q.shape[-1])) - 1
+    others = (per_action.sum(-1) - as_if_unrewarded) / count.clamp_min(1)
+    return _elementwise_loss(logged_q - 1.0 - bootstrap, kind) + others

@@ -285,7 +285,7 @@ class ActorCriticRec(RecModule):
         query, values = functional_call(self.policy, params, (data["history"], user_vector))
         item_table = params["net.encoder.item_embedding.weight"]
         if self.softmax == "full":
-            columns = full_catalogue(query @ item_table.T, data["targets"])
+            columns = full_catalogue(query, item_table, data["targets"])
         else:
             assert self._log_q is not None
             columns = sampled_catalogue(query, item_table, data["targets"], data["negatives"], self._log_q)
@@ -332,12 +332,12 @@ class ActorCriticRec(RecModule):
         targets = torch.cat([history[..., 1:], self._train_item[last].unsqueeze(-1)], dim=-1)
         counted = torch.arange(length, device=self.device) >= (length - new).unsqueeze(-1)
         data = {"history": history, "targets": targets, "mask": counted & (history > 0)}
-        rivals = torch.randint(1, self.num_items + 1, (n, self.local_steps, length, max(1, self.num_rivals)), generator=g, device=g.device)
+        rivals = torch.randint(0, self.num_items, (n, self.local_steps, length, max(1, self.num_rivals)), generator=g, device=g.device)
         data["rivals"] = rivals.to(self.device)
         if self.softmax == "sampled":
             negatives = torch.multinomial(self._sampling_probability.to(g.device), self.sampled_negatives, replacement=True, generator=g)
             data["negatives"] = negatives.to(self.device)
-            data["rivals"] = torch.randint(1, self.sampled_negatives + 1, data["rivals"].shape, generator=g, device=g.device).to(self.device)
+            data["rivals"] = torch.randint(0, self.sampled_negatives + 1, data["rivals"].shape, generator=g, device=g.device).to(self.device)
         else:
             data["negatives"] = torch.zeros(0, dtype=torch.long, device=self.device)
         return data

@@ -293,12 +293,12 @@ class RecModule(L.LightningModule):
         trainer = self._trainer
         return int(getattr(trainer.datamodule, "train_negatives", 10)) if trainer is not None and trainer.datamodule is not None else 10
 
-    def log_window_ctr(self, columns: Columns, mask: Tensor, generator: torch.Generator) -> None:
-        """Logs `train/ctr` of a batch of windows: how often the greedy policy ranks each position's logged item
+    def log_window_ctr(self, columns: Columns, generator: torch.Generator) -> None:
+        """Logs `train/ctr` of the trained states `(P,)`: how often the greedy policy ranks each state's logged item
         first among it and `train_negatives` random items (the rate Figure 2 plots)."""
         rivals = random_rivals(columns, max(1, self.num_rivals), generator)
         hits = greedy_hits(columns.masked_scores().detach(), columns.target, rivals)
-        self.log_train_ctr(hits[mask].float(), int(mask.sum()))
+        self.log_train_ctr(hits.float(), hits.numel())
 
     def log_train_ctr(self, reward: Tensor, events: int) -> None:
         """Logs `train/ctr` (mean reward of the policy's own choices) against `train/episodes`.

@@ -21,16 +21,32 @@ The target network follows the online one through the `callbacks.TargetNetworkUp
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from lit_rec.functional.next_item import Columns, TrainingSoftmax, cross_entropy, masked_mean, score_columns, window_targets
+from lit_rec.functional.next_item import Columns, TrainingSoftmax, cross_entropy, score_columns, window_targets
 from lit_rec.functional.td import next_state_values, replay_td_loss
 from lit_rec.modules.base import RecModule
 from lit_rec.networks import QHead, QNetwork, SeqEncoder
 from lit_rec.sampling import SeededGenerator
+
+
+@dataclass
+class QLosses:
+    """What `DQN.q_losses` computes at the P positions of a batch that hold an item (row order):
+    the mean `ce` and `td`, the online `columns (P, C)` and `states (P, D)`, `has_next (P - 1,)` (entry k's next
+    state is entry k + 1), the logged `targets (P,)` (item ids) and `where`, the positions' (row, column) indices."""
+
+    ce: Tensor
+    td: Tensor
+    columns: Columns
+    states: Tensor
+    has_next: Tensor
+    targets: Tensor
+    where: tuple[Tensor, Tensor]
 
 
 class DQN(RecModule):
@@ -122,39 +138,40 @@ class DQN(RecModule):
         return [(self.online, self.target)]
 
     # ------------------------------------------------------------------ learning
-    def q_columns(self, network: QNetwork, history: Tensor, targets: Tensor) -> tuple[Columns, Tensor]:
-        """`(training columns of the Q-values after every prefix, states (B, L, D))` of windows `history (B, L)`."""
-        states = network.encoder.sequence(history)
-        columns = self.training_softmax.columns(network.head.query(states), network.encoder.all_item_vectors(), targets, self.rng.generator)
-        return columns, states
-
-    def next_values(self, target: QNetwork, history: Tensor, targets: Tensor, columns: Columns) -> Tensor:
-        """V(s_{t+1}) `(B, L - 1)` of every position but the last, from the target network (and the online one for DDQN)."""
-        with torch.no_grad():
-            query = target.head.query(target.encoder.sequence(history))
-            next_q_target = score_columns(query, target.encoder.all_item_vectors(), targets, columns)
-            next_q_target = next_q_target.masked_fill(~columns.valid, float("-inf"))[:, 1:]
-            next_q_online = columns.masked_scores().detach()[:, 1:] if self.double else None
-            return next_state_values(next_q_target, next_q_online)
-
-    def q_losses(self, history: Tensor, item: Tensor) -> tuple[Tensor, Tensor, Columns, Tensor, Tensor]:
-        """`(CE, TD, columns, mask, states)` of a batch of windows: the means over positions, and what distillation reuses."""
+    def q_losses(self, history: Tensor, item: Tensor) -> QLosses:
+        """CE and TD of a batch of windows, at the P positions that hold an item (flattened in row order)."""
         targets, mask = window_targets(history, item)
-        columns, states = self.q_columns(self.online, history, targets)
-        ce = masked_mean(cross_entropy(columns), mask)
-        next_value = self.next_values(self.target, history, targets, columns)
-        competing = columns.valid[:, :-1] if columns.valid.dim() == 3 else columns.valid
-        td = replay_td_loss(columns.scores[:, :-1], columns.target[:, :-1], competing, next_value, self.gamma, self.loss_kind)
-        return ce, masked_mean(td, mask[:, :-1]), columns, mask, states
+        where = mask.nonzero(as_tuple=True)
+        # positions of a window are consecutive in row order and end at its last position, so the next
+        # state of entry k is entry k + 1 unless k is its window's last position
+        has_next = where[1][:-1] < history.shape[1] - 1
+        states = self.online.encoder.sequence(history)[where]
+        columns = self.training_softmax.columns(self.online.head.query(states), self.online.encoder.all_item_vectors(), targets[where], self.rng.generator)
+        ce = cross_entropy(columns).mean()
+        next_value = self.next_values(self.target, history, where, targets[where], columns)
+        competing = columns.valid[:-1] if columns.valid.dim() == 2 else columns.valid
+        td = replay_td_loss(columns.scores[:-1], columns.target[:-1], competing, next_value, self.gamma, self.loss_kind)
+        td = td[has_next].mean() if bool(has_next.any()) else td.sum() * 0.0
+        return QLosses(ce, td, columns, states, has_next, targets[where], where)
+
+    def next_values(self, target: QNetwork, history: Tensor, where: tuple[Tensor, Tensor], targets: Tensor, columns: Columns) -> Tensor:
+        """V of the next entry `(P - 1,)` for every entry but the last, from the target network (and the online one for DDQN)."""
+        with torch.no_grad():
+            query = target.head.query(target.encoder.sequence(history)[where])
+            next_q_target = score_columns(query, target.encoder.all_item_vectors(), targets, columns)
+            if columns.negatives is not None:
+                next_q_target = next_q_target.masked_fill(~columns.valid, float("-inf"))
+            next_q_online = columns.masked_scores().detach()[1:] if self.double else None
+            return next_state_values(next_q_target[1:], next_q_online)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """`ce_weight * CE + td_weight * TD` on every position of the windows."""
-        ce, td, columns, mask, _ = self.q_losses(batch["history"], batch["item"])
-        loss = self.ce_weight * ce + self.td_weight * td
+        losses = self.q_losses(batch["history"], batch["item"])
+        loss = self.ce_weight * losses.ce + self.td_weight * losses.td
         self.log_step("train/loss", loss, prog_bar=True)
-        self.log_step("train/loss_td", td)
-        self.log_step("train/loss_ce", ce)
-        self.log_window_ctr(columns, mask, self.rng.generator)
+        self.log_step("train/loss_td", losses.td)
+        self.log_step("train/loss_ce", losses.ce)
+        self.log_window_ctr(losses.columns, self.rng.generator)
         return loss
 
     # ------------------------------------------------------------------ scoring

@@ -45,7 +45,7 @@ from lit_rec.functional.distill import (
     listwise_kl,
     weighted_mean,
 )
-from lit_rec.functional.next_item import cross_entropy, full_catalogue, masked_mean, window_targets
+from lit_rec.functional.next_item import Columns, cross_entropy
 from lit_rec.functional.td import replay_td_loss
 from lit_rec.modules.base import RecModule
 from lit_rec.modules.dqn import DQN
@@ -343,38 +343,37 @@ class DRLRecStudent(DQN):
             return self.confidence_fn(td_error)
         return batch_max_confidence(td_error)
 
-    def distillation_terms(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def distillation_terms(self, batch: dict[str, Tensor]) -> dict[str, Any]:
         """The unweighted terms of one batch of windows.
 
-        `rl`: the student's own DQN loss (`ce_weight * CE + td_weight * TD`), `columns` and `mask` for
-        `train/ctr`. With a teacher also `confidence (P,)` (one per position with a next state),
+        `rl`: the student's own DQN loss (`ce_weight * CE + td_weight * TD`) and `columns` for
+        `train/ctr`. With a teacher also `confidence (S,)` (one per trained state with a next state),
         `filtered_size` (mean lessons per state), `kl` and `hint` when enabled (confidence-weighted
-        means over those positions), and `teacher_rl` when the teacher is co-trained.
+        means over those states), and `teacher_rl` when the teacher is co-trained.
         """
         history = batch["history"]
-        ce, td, columns, mask, states = self.q_losses(history, batch["item"])
-        terms: dict[str, Any] = {"rl": self.ce_weight * ce + self.td_weight * td, "columns": columns, "mask": mask}
-        if self.teacher is None or self.teacher_target is None:
+        own = self.q_losses(history, batch["item"])
+        terms: dict[str, Any] = {"rl": self.ce_weight * own.ce + self.td_weight * own.td, "columns": own.columns}
+        if self.teacher is None or self.teacher_target is None or not bool(own.has_next.any()):
             return terms
 
-        targets = columns.target if columns.negatives is None else window_targets(history, batch["item"])[0]
         with nullcontext() if self.co_train else torch.no_grad():
-            states_t = self.teacher.encoder.sequence(history)
-            q_t_all = self.teacher.head.score_all(states_t, self.teacher.encoder.all_item_vectors())
-        teacher_columns = full_catalogue(q_t_all, targets)
-        next_value = self.next_values(self.teacher_target, history, targets, teacher_columns)
+            states_t = self.teacher.encoder.sequence(history)[own.where]
+            q_t_all = self.teacher.head.score_all(states_t, self.teacher.encoder.all_item_vectors())  # (P, num_items + 1)
+        teacher_columns = Columns(q_t_all[:, 1:], own.targets - 1, 0.0, torch.ones((), dtype=torch.bool, device=q_t_all.device))
+        next_value = self.next_values(self.teacher_target, history, own.where, own.targets, teacher_columns)
         if self.co_train:
-            teacher_td = masked_mean(replay_td_loss(q_t_all[:, :-1], targets[:, :-1], teacher_columns.valid, next_value, self.gamma, self.loss_kind), mask[:, :-1])
-            terms["teacher_rl"] = self.ce_weight * masked_mean(cross_entropy(teacher_columns), mask) + self.td_weight * teacher_td
+            teacher_td = replay_td_loss(teacher_columns.scores[:-1], teacher_columns.target[:-1], teacher_columns.valid, next_value, self.gamma, self.loss_kind)
+            terms["teacher_rl"] = self.ce_weight * cross_entropy(teacher_columns).mean() + self.td_weight * teacher_td[own.has_next].mean()
 
-        # distil at every position with a next state (its TD error gives the confidence), flattened to states (P, .)
-        where = mask[:, :-1]
-        logged_item = targets[:, :-1][where]
-        q_t_all, hint_t = q_t_all[:, :-1][where].detach(), states_t[:, :-1][where].detach()  # distillation never reaches the teacher
-        td_error = (1.0 + self.gamma * next_value[where] - q_t_all.gather(1, logged_item[:, None]).squeeze(1)).pow(2)
+        # distil at every trained state with a next state (its teacher TD error gives the confidence)
+        keep = own.has_next
+        logged_item = own.targets[:-1][keep]
+        q_t_all, hint_t = q_t_all[:-1][keep].detach(), states_t[:-1][keep].detach()  # distillation never reaches the teacher
+        td_error = (1.0 + self.gamma * next_value[keep] - q_t_all.gather(1, logged_item[:, None]).squeeze(1)).pow(2)
         confidence = self._confidence(td_error)
         terms["confidence"] = confidence.detach()
-        hint_s = states[:, :-1][where]
+        hint_s = own.states[:-1][keep]
         q_s_all = self.online.head.score_all(hint_s, self.online.encoder.all_item_vectors())
 
         # lessons: the logged item with `num_rivals` random items (a training candidate set), plus the explored/filtered items
@@ -409,7 +408,7 @@ class DRLRecStudent(DQN):
             if key in terms:
                 self.log_step(name, terms[key].detach())
         self.log_step("train/loss", loss, prog_bar=True)
-        self.log_window_ctr(terms["columns"], terms["mask"], self.rng.generator)
+        self.log_window_ctr(terms["columns"], self.rng.generator)
         return loss
 
     @torch.no_grad()

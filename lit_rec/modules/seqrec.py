@@ -7,7 +7,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from lit_rec.functional.next_item import TrainingSoftmax, cross_entropy, masked_mean, window_targets
+from lit_rec.functional.next_item import TrainingSoftmax, cross_entropy, window_targets
 from lit_rec.modules.base import RecModule
 from lit_rec.networks import QHead, QNetwork, SeqEncoder
 from lit_rec.sampling import SeededGenerator
@@ -66,11 +66,11 @@ class SeqRec(RecModule):
         """Cross-entropy of the logged next item at every position of the windows."""
         targets, mask = window_targets(batch["history"], batch["item"])
         encoder = self.network.encoder
-        query = self.network.head.query(encoder.sequence(batch["history"]))
-        columns = self.training_softmax.columns(query, encoder.all_item_vectors(), targets, self.rng.generator)
-        loss = masked_mean(cross_entropy(columns), mask)
+        query = self.network.head.query(encoder.sequence(batch["history"])[mask])  # the states that hold an item (P, D)
+        columns = self.training_softmax.columns(query, encoder.all_item_vectors(), targets[mask], self.rng.generator)
+        loss = cross_entropy(columns).mean()
         self.log_step("train/loss", loss, prog_bar=True)
-        self.log_window_ctr(columns, mask, self.rng.generator)
+        self.log_window_ctr(columns, self.rng.generator)
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
