@@ -31,6 +31,8 @@ def test_linucb_fits_on_synthetic_data_and_beats_random(tmp_path: Path) -> None:
         assert 0.0 <= metrics[f"val/ctr@{k}"] <= 1.0
     assert metrics["val/ctr@10"] > 2 / 11  # twice a random policy
     assert metrics["val/ctr@1"] >= metrics["val/ctr@10"] >= metrics["val/ctr@100"]
+    # the windows are expanded: one epoch is one UCB choice and update per train event
+    assert int(cli.model.events_seen) == len(cli.datamodule.tensors.train)
 
 
 def checkpoint_every(steps: int, dirpath: Path) -> str:
@@ -40,12 +42,16 @@ def checkpoint_every(steps: int, dirpath: Path) -> str:
     return "--trainer.callbacks=" + json.dumps([callback])
 
 
+@pytest.mark.slow
 def test_resume_from_a_mid_epoch_checkpoint_ends_with_identical_metrics(tmp_path: Path) -> None:
     ckpt_dir = tmp_path / "ckpt"
-    common = ["--trainer.max_epochs=2"]
+    # 150 users, batches of 32 windows: 15 steps an epoch; the checkpoint of step 7 is mid-epoch
+    common = ["--trainer.max_epochs=2", "--data.synthetic_users=150", "--data.batch_size=32"]
     full = fit(tmp_path / "a", *common, checkpoint_every(7, tmp_path / "a_ckpt"))
+    assert full.trainer.global_step == 2 * len(full.datamodule.train_dataloader()) == 30
     interrupted = fit(tmp_path / "b", *common, "--trainer.max_steps=10", checkpoint_every(7, ckpt_dir))
     assert interrupted.trainer.global_step == 10
+    assert torch.load(ckpt_dir / "last.ckpt", weights_only=False)["global_step"] == 7
     checkpoint = ckpt_dir / "last.ckpt"
     resumed = fit(tmp_path / "c", *common, checkpoint_every(7, tmp_path / "c_ckpt"), f"--ckpt_path={checkpoint}")
     assert resumed.trainer.global_step == full.trainer.global_step
@@ -54,6 +60,7 @@ def test_resume_from_a_mid_epoch_checkpoint_ends_with_identical_metrics(tmp_path
     assert resumed.model.last_metrics == full.model.last_metrics
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.skipif(not ML100K.exists(), reason=f"MovieLens 100K not found at {ML100K}")
 def test_linucb_on_movielens_100k_clears_the_targets(tmp_path: Path) -> None:
