@@ -13,8 +13,8 @@ class CurveRecorder(L.Callback):
     The values are read from `trainer.callback_metrics` (what the module logged last with
     `log_train_ctr`), so the recorder works with any logger or none; a step that logged nothing new
     (the x value unchanged) adds no point. `points` is a list of `(global_step, episodes, ctr)`, and
-    `val_points` one dict of `val/*` metrics (plus `step` and the x value) per validation; both are kept
-    in checkpoints so a resumed fit continues the curves.
+    `val_points` one dict of `val/*` metrics (plus `step`, `epoch` (0-based) and the x value) per
+    validation; both are kept in checkpoints so a resumed fit continues the curves.
     """
 
     def __init__(self, every_n_steps: int = 1, x: str = "train/episodes", y: str = "train/ctr") -> None:
@@ -43,14 +43,15 @@ class CurveRecorder(L.Callback):
             self.points.append((int(trainer.global_step), x, float(metrics[self.y])))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Appends the validation's `val/ctr@k`, `val/auc`, ... with the step and the episodes so far."""
+        """Appends the validation's `val/ctr@k`, `val/auc`, ... with the step, the epoch and the episodes so far."""
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = getattr(pl_module, "last_metrics", {}) or {}
         point = {k: float(v) for k, v in metrics.items() if k.startswith("val/")}
         if point:
             episodes = trainer.callback_metrics.get(self.x)
-            point.update({"step": float(trainer.global_step), self.x: float(episodes) if episodes is not None else float("nan")})
+            point.update({"step": float(trainer.global_step), "epoch": float(trainer.current_epoch),
+                          self.x: float(episodes) if episodes is not None else float("nan")})
             self.val_points.append(point)
 
     def state_dict(self) -> dict[str, Any]:

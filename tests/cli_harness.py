@@ -172,8 +172,9 @@ CALLBACK_ARGS = {
 
 
 def callbacks_json(method: str, checkpoint_dir: Path, probe: dict[str, Any], every: int = CHECKPOINT_EVERY) -> str:
-    """The method config's callback list as one JSON value: ModelCheckpoint first, writing `step=N.ckpt`
-    every `every` steps into `checkpoint_dir`; FreezeAfterCheckpoint(**probe) last."""
+    """The method config's callback list as one JSON value: the periodic ModelCheckpoint writing `step=N.ckpt`
+    every `every` steps into `checkpoint_dir` (the one on val/ctr@10 as configured); FreezeAfterCheckpoint(**probe)
+    last."""
     import yaml
 
     config = yaml.safe_load((ROOT / "configs" / f"{method}.yaml").read_text())
@@ -181,7 +182,7 @@ def callbacks_json(method: str, checkpoint_dir: Path, probe: dict[str, Any], eve
     for callback in config["trainer"]["callbacks"]:
         class_path = callback["class_path"]
         init_args = dict(callback.get("init_args") or {})
-        if class_path.endswith("ModelCheckpoint"):
+        if class_path.endswith("ModelCheckpoint") and "monitor" not in init_args:
             init_args = {"dirpath": str(checkpoint_dir), "filename": "{step}", "every_n_train_steps": every,
                          "save_top_k": -1, "save_last": True}
         init_args.update(CALLBACK_ARGS.get(class_path, {}))

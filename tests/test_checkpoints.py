@@ -109,10 +109,13 @@ def test_load_checkpoint_reports_what_weights_only_refuses(tmp_path: Path) -> No
 
 
 def test_lightning_names_are_left_to_lightning(tmp_path: Path) -> None:
-    for name in (None, "last", "best", "hpc", "registry:model:latest", "s3://bucket/x.ckpt", str(tmp_path)):
+    for name in (None, "last", "hpc", "registry:model:latest", "s3://bucket/x.ckpt", str(tmp_path)):
         check_ckpt_path(name)  # no error: Lightning resolves these
     with pytest.raises(CheckpointError):
         check_ckpt_path(tmp_path / "nope.ckpt")
+    # "best" resolves only in the process of a fit: a fresh train.py is told which file to pass
+    with pytest.raises(CheckpointError, match="checkpoints/best.ckpt"):
+        check_ckpt_path("best")
 
 
 def _assert_one_line_error(code: int, stderr: str, path: Path) -> None:

@@ -1,15 +1,25 @@
-"""`python -m lit_rec.reproduce`: every method on tiny synthetic data writes sane tables, a figure and W&B runs."""
+"""`python -m lit_rec.reproduce`: every method on tiny synthetic data writes sane tables, a figure and W&B runs;
+each run stops when val/ctr@10 stops improving and is tested with its best checkpoint."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+import yaml
+from torch import Tensor
 
 from lit_rec import reproduce
-from lit_rec.reproduce import KS, METHODS, RunResult
+from lit_rec.modules.popularity import Popularity
+from lit_rec.reproduce import KS, METHODS, Method, RunResult
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_DATA = ["--data.synthetic_users=60", "--data.synthetic_items=150", "--data.synthetic_events_per_user=10"]
+TABLE_HEADER = "| Method | k=1 | k=10 | k=20 | k=50 | k=100 | AUC | NDCG@10 (full) | best epoch | train s |"
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -49,8 +59,14 @@ def test_reproduce_smoke_writes_every_file(tmp_path: Path, monkeypatch: pytest.M
     for method in METHODS:
         assert 0.0 <= rows[method.name]["auc"] <= 1.0 and 0.0 <= rows[method.name]["ndcg@10_full"] <= 1.0
     markdown = (out / "table1.md").read_text()
-    assert "| Method | k=1 | k=10 | k=20 | k=50 | k=100 | AUC | NDCG@10 (full) |" in markdown
+    assert TABLE_HEADER in markdown
     assert all(f"| {m.name} |" in markdown for m in METHODS) and "Random (1/(k+1))" in markdown
+    runs_by_method = {run["method"]: run for run in json.loads((out / "runs.json").read_text())["runs"]}
+    for method in METHODS:  # smoke: two epochs of three steps, a validation after each
+        row, run = rows[method.name], runs_by_method[method.name]
+        assert row["train_s"] > 0 and run["train_s"] > 0, method.name
+        assert 0 <= run["best_epoch"] < run["epochs"] <= 2 and row["best_epochs"] == [run["best_epoch"]], method.name
+        assert Path(run["checkpoint"]).is_file(), method.name
 
     png = (out / "fig2_ctr.png").read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 20_000
@@ -71,14 +87,30 @@ def test_reproduce_smoke_writes_every_file(tmp_path: Path, monkeypatch: pytest.M
     assert run_dirs == sorted([f"{m.slug}-seed0" for m in METHODS] + ["report"])
     for method in METHODS:
         config = (out / "configs" / f"{method.slug}-seed0.yaml").read_text()
-        assert "group: test-group" in config and "CurveRecorder" in config and "ModelCheckpoint" not in config
+        assert "group: test-group" in config and "CurveRecorder" in config
+        check_selection_callbacks(yaml.safe_load(config))
+    # the student distilled from the teacher's best checkpoint
+    teacher = runs_by_method["DRL-Rec teacher"]["checkpoint"]
+    assert teacher.endswith("drl_rec_teacher-seed0/best.ckpt")
+    assert f"--model.init_args.teacher_ckpt={teacher}" in (out / "logs" / "drl_rec_student-seed0.log").read_text()
+
+
+def check_selection_callbacks(spec: dict[str, Any]) -> None:
+    """A run config keeps one checkpoint, the best val/ctr@10, and stops early on it with the common patience."""
+    callbacks = spec["trainer"]["callbacks"]
+    checkpoints = [c["init_args"] for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
+    stopping = [c["init_args"] for c in callbacks if c["class_path"].endswith("EarlyStopping")]
+    assert len(checkpoints) == 1 and len(stopping) == 1, callbacks
+    assert checkpoints[0]["monitor"] == "val/ctr@10" and checkpoints[0]["mode"] == "max" and checkpoints[0]["save_top_k"] == 1
+    assert stopping[0]["monitor"] == "val/ctr@10" and stopping[0]["mode"] == "max" and stopping[0]["patience"] == reproduce.PATIENCE
 
 
 def fake_result(method: str, seed: int, shift: float) -> RunResult:
     metrics = {f"test/ctr@{k}": min(1.0, 0.9 / math.sqrt(k) + shift) for k in KS}
     metrics.update({"test/auc": 0.7 + shift, "test/ndcg@10_full": 0.05 + shift})
     curve = [(i, 10.0 * i + seed, 0.2 + 0.5 * i / 50 + shift) for i in range(1, 51)]
-    return RunResult(method, seed, metrics, curve, [{"val/ctr@10": 0.3 + shift}], 10, 1.0)
+    return RunResult(method, seed, metrics, curve, [{"val/ctr@10": 0.3 + shift, "epoch": 0.0}], 10, 1.0,
+                     train_s=20.0 + 10 * seed, best_epoch=4 + seed, epochs=8 + seed, stopped_by="early_stopping")
 
 
 def test_tables_and_figure_from_two_seeds(tmp_path: Path) -> None:
@@ -87,10 +119,15 @@ def test_tables_and_figure_from_two_seeds(tmp_path: Path) -> None:
     assert [r["method"] for r in rows] == ["Random", "DQN", "DADRL"]  # a method without runs has no row
     check_rows(rows)
     assert rows[1]["ctr@1"] == pytest.approx(0.905) and rows[1]["ctr@1_std"] == pytest.approx(0.00707, abs=1e-4)
-    meta = {"dataset": "toy", "budget": "smoke", "seeds": [0, 1], "command": "python -m lit_rec.reproduce", "date": "d",
-            "wall_s": 60.0, "cpu_s": 50.0, "load_average_at_start": "1.00", "torch_threads": 1, "wandb_group": "g"}
+    assert rows[1]["best_epochs"] == [4, 5] and rows[1]["best_epoch"] == pytest.approx(4.5) and rows[1]["train_s"] == 25.0
+    assert rows[1]["epochs"] == pytest.approx(8.5) and rows[0]["best_epoch"] is None and rows[0]["train_s"] is None
+    meta = {"dataset": "toy", "budget": "quick", "seeds": [0, 1], "command": "python -m lit_rec.reproduce", "date": "d",
+            "wall_s": 60.0, "cpu_s": 50.0, "load_average_at_start": "1.00", "torch_threads": 1, "wandb_group": "g",
+            "cap": reproduce.CAPS["quick"], "monitor": "val/ctr@10", "patience": 3}
     text = reproduce.format_table1(rows, meta, [])
     assert "mean ± std over 2 seeds" in text and "0.905 ± 0.007" in text
+    assert TABLE_HEADER in text and "| 4.5 ± 0.7 | 25.0 ± 7.1 |" in text and "(40 epochs, 45 s)" in text
+    assert "Stopped by the cap" not in text
     assert reproduce.best_validation(results[0].val_curve) == {"10": pytest.approx(0.3)}
     reproduce.plot_fig2(results, ["DQN", "DADRL"], tmp_path / "fig.png", meta)
     assert (tmp_path / "fig.png").read_bytes().startswith(PNG_MAGIC)
@@ -109,3 +146,94 @@ def test_every_registered_method_has_a_config_and_every_budget() -> None:
         assert (root / method.config).is_file(), method.config
         assert set(method.budgets) == set(reproduce.BUDGETS), method.name
     assert len({m.slug for m in METHODS}) == len(METHODS)
+
+
+def test_every_learned_method_has_the_same_cap() -> None:
+    """Fair comparison: one cap per budget for every method that learns (Popularity counts in one pass)."""
+    for budget in reproduce.BUDGETS:
+        caps = {json.dumps(m.budgets[budget], sort_keys=True) for m in METHODS if m.name != "Popularity"}
+        assert caps == {json.dumps(reproduce.CAPS[budget], sort_keys=True)}, budget
+    for budget in ("quick", "full"):
+        assert reproduce.CAPS[budget]["max_epochs"] >= 20 and "max_time" in reproduce.CAPS[budget]
+    # all runs of `quick` (10 learned methods) fit in 10 minutes, of `full` in 60, evaluation included
+    learned = len(METHODS) - 1
+    assert learned * reproduce.cap_seconds(reproduce.CAPS["quick"]) <= 0.8 * 600
+    assert learned * reproduce.cap_seconds(reproduce.CAPS["full"]) <= 0.9 * 3600
+
+
+def test_best_epoch_is_the_first_validation_with_the_highest_ctr() -> None:
+    curve = [{"val/ctr@10": v, "epoch": float(e)} for e, v in enumerate([0.1, 0.3, 0.2, 0.3, float("nan")])]
+    assert reproduce.best_epoch(curve) == 1  # a tie is no improvement: ModelCheckpoint keeps the first
+    assert reproduce.best_epoch([]) is None
+
+
+class ScriptedPopularity(Popularity):
+    """Popularity whose scores are multiplied by `schedule[epoch]` (its last value after its end) from the
+    start of each training epoch: 1 is Popularity, 0 a constant scorer, -1 the reversed ranking. So the
+    validation of chosen epochs is worse, and a test shows which epoch's checkpoint was loaded."""
+
+    def __init__(self, schedule: list[float] | None = None, teacher_ckpt: str | None = None, **kwargs: Any) -> None:
+        """Args:
+        schedule: the factor on the scores per epoch.
+        teacher_ckpt: accepted (and kept) so that the DRL-Rec wiring can be tested.
+        """
+        super().__init__(**kwargs)
+        self.schedule = list(schedule or [1.0])
+        self.teacher_ckpt = teacher_ckpt
+        self.register_buffer("factor", torch.ones(()))
+
+    def on_train_epoch_start(self) -> None:
+        self.factor.fill_(self.schedule[min(self.current_epoch, len(self.schedule) - 1)])
+
+    def score_candidates(self, batch: dict[str, Tensor], candidates: Tensor) -> Tensor:
+        return self.factor * super().score_candidates(batch, candidates)
+
+    def score_all_items(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.factor * super().score_all_items(batch)
+
+
+def scripted_config(folder: Path, name: str, schedule: list[float]) -> str:
+    """configs/popularity.yaml with ScriptedPopularity(schedule) as the model."""
+    spec = yaml.safe_load((ROOT / "configs" / "popularity.yaml").read_text())
+    spec["model"] = {"class_path": f"{__name__}.ScriptedPopularity",
+                     "init_args": {**spec["model"].get("init_args", {}), "schedule": schedule}}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def test_runs_stop_early_and_are_tested_with_their_best_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    # Scripted: val CTR@10 of a constant scorer (1/11) at epoch 0, Popularity's at epoch 1, then reversed (worse):
+    # best epoch 1, stopped after three worse validations (epoch 4). It is the DRL-Rec "teacher" of Student, which
+    # is Popularity at every epoch (counts grow, the ranking stays): no improvement after epoch 0, stop after 3.
+    methods = [
+        Method("Popularity", "configs/popularity.yaml", reproduce.capped(max_epochs=1)),
+        Method("Scripted", scripted_config(tmp_path, "scripted", [0.0, 1.0, -1.0]), role="teacher"),
+        Method("Student", scripted_config(tmp_path, "student", [1.0]), role="student", requires="Scripted"),
+    ]
+    monkeypatch.setattr(reproduce, "METHODS", methods)
+    out = tmp_path / "out"
+    code = reproduce.main(["--out", str(out), "--budget", "quick", "--wandb", "none", *TINY_DATA,
+                           f"--data.cache_dir={tmp_path / 'cache'}"])
+    assert code == 0, capsys.readouterr().err[-3000:]
+    runs = {run["method"]: run for run in json.loads((out / "runs.json").read_text())["runs"]}
+    popularity, scripted, student = runs["Popularity"], runs["Scripted"], runs["Student"]
+
+    val = [point["val/ctr@10"] for point in scripted["val_curve"]]
+    assert len(val) == 5 and val[1] > max(val[0], *val[2:]) and val[0] == pytest.approx(1 / 11)
+    assert scripted["best_epoch"] == 1 and scripted["epochs"] == 5 and scripted["stopped_by"] == "early_stopping"
+    # tested with the epoch-1 checkpoint: Popularity's ranking, not the reversed one of the last epoch
+    assert scripted["metrics"] == pytest.approx(popularity["metrics"])
+    assert torch.load(scripted["checkpoint"], weights_only=True)["epoch"] == 1
+    assert student["best_epoch"] == 0 and student["epochs"] == 4 and student["stopped_by"] == "early_stopping"
+    assert f"--model.init_args.teacher_ckpt={scripted['checkpoint']}" in (out / "logs" / "student-seed0.log").read_text()
+    assert popularity["epochs"] == 1 and popularity["stopped_by"] == "max_epochs"
+
+    table = {row["method"]: row for row in json.loads((out / "table1.json").read_text())["rows"]}
+    assert table["Scripted"]["best_epoch"] == 1 and table["Student"]["best_epoch"] == 0
+    assert all(table[m]["train_s"] > 0 for m in ("Popularity", "Scripted", "Student"))
+    assert table["Random"]["best_epoch"] is None
+    markdown = (out / "table1.md").read_text()
+    assert TABLE_HEADER in markdown
+    assert f"| Scripted | {' | '.join(['%.3f' % table['Scripted'][f'ctr@{k}'] for k in KS])}" in markdown.replace("**", "")

@@ -168,7 +168,7 @@ def tiny_config(tmp_path: Path, name: str, ckpt_dir: Path | None = None, every_n
     """A shipped config with its checkpoint schedule and confidence formula adjusted for a test."""
     spec = yaml.safe_load((ROOT / "configs" / name).read_text())
     for callback in spec["trainer"]["callbacks"]:
-        if callback["class_path"].endswith("ModelCheckpoint"):
+        if callback["class_path"].endswith("ModelCheckpoint") and "monitor" not in callback.get("init_args", {}):
             callback["init_args"] = {"every_n_train_steps": every_n_steps, "save_last": True, "dirpath": str(ckpt_dir or tmp_path / "ckpt")}
         if callback["class_path"].endswith("ConfidenceCallback"):
             callback["init_args"]["formula"] = confidence

@@ -1,0 +1,176 @@
+"""Model selection in the shipped configs: every method config keeps the best `val/ctr@10` (the first
+ModelCheckpoint, so `ckpt_path="best"` resolves to it), the periodic checkpoints of DESIGN.md section 2, and
+stops early when `val/ctr@10` stops improving (patience 3, overridable with `--trainer.callbacks.patience`)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from lit_rec.checkpoints import CheckpointError
+from lit_rec.cli import main, make_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+METHOD_CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+MONITOR = "val/ctr@10"
+TINY_DATA = ["--data.synthetic_users=60", "--data.synthetic_items=150", "--data.synthetic_events_per_user=10",
+             "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+def shipped_callbacks(config: Path) -> list[dict[str, Any]]:
+    return yaml.safe_load(config.read_text())["trainer"]["callbacks"]
+
+
+def named(callbacks: list[dict[str, Any]], name: str) -> list[tuple[int, dict[str, Any]]]:
+    return [(i, c.get("init_args") or {}) for i, c in enumerate(callbacks) if c["class_path"] == f"lightning.pytorch.callbacks.{name}"]
+
+
+@pytest.mark.parametrize("config", METHOD_CONFIGS, ids=lambda p: p.name)
+def test_every_method_config_keeps_the_best_validation_and_stops_early(config: Path) -> None:
+    callbacks = shipped_callbacks(config)
+    checkpoints = named(callbacks, "ModelCheckpoint")
+    assert len(checkpoints) == 2, callbacks
+    (first, best), (_, periodic) = checkpoints
+    # the first ModelCheckpoint is trainer.checkpoint_callback, which ckpt_path="best" reads
+    assert best == {"monitor": MONITOR, "mode": "max", "save_top_k": 1, "filename": "best"}
+    assert periodic == {"every_n_train_steps": 100, "save_last": True}  # DESIGN.md section 2
+    stopping = named(callbacks, "EarlyStopping")
+    assert len(stopping) == 1
+    index, args = stopping[0]
+    assert args["monitor"] == MONITOR and args["mode"] == "max" and args["patience"] == 3
+    # checked after each validation only: a fit without validation (limit_val_batches=0) is never stopped
+    assert args.get("check_on_train_epoch_end") is False
+    assert index == len(callbacks) - 1  # last: `--trainer.callbacks.patience=N` sets it
+
+
+class Scripted(L.LightningModule):
+    """Logs `val/ctr@10 = schedule[epoch]`; its buffer `trained_epoch` is the last epoch it trained, so a test
+    of a restored checkpoint shows which epoch the checkpoint holds."""
+
+    def __init__(self, schedule: list[float]) -> None:
+        super().__init__()
+        self.schedule = schedule
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.register_buffer("trained_epoch", torch.tensor(-1.0))
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        self.trained_epoch.fill_(self.current_epoch)
+        self.optimizers().step()  # a step that changes nothing, but counts (ModelCheckpoint skips step 0)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        pass
+
+    def on_validation_epoch_end(self) -> None:
+        self.log(MONITOR, self.schedule[min(self.current_epoch, len(self.schedule) - 1)])
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        pass
+
+    def on_test_epoch_end(self) -> None:
+        self.log("test/trained_epoch", self.trained_epoch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def train_dataloader(self) -> Any:
+        return torch.utils.data.DataLoader(torch.zeros(4, 1), batch_size=2)
+
+    val_dataloader = test_dataloader = train_dataloader
+
+
+def lightning_callbacks(config: Path) -> list[L.Callback]:
+    """The config's ModelCheckpoint and EarlyStopping callbacks, built as the CLI builds them."""
+    built = []
+    for callback in shipped_callbacks(config):
+        module, _, name = callback["class_path"].rpartition(".")
+        if module == "lightning.pytorch.callbacks":
+            built.append(getattr(importlib.import_module(module), name)(**(callback.get("init_args") or {})))
+    return built
+
+
+def test_shipped_callbacks_stop_after_three_worse_validations_and_test_the_best_epoch(tmp_path: Path) -> None:
+    # best at epoch 1, then three validations without improvement (a tie is no improvement): stop after epoch 4
+    trainer = L.Trainer(max_epochs=20, callbacks=lightning_callbacks(ROOT / "configs" / "linucb.yaml"), logger=False,
+                        default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0)
+    model = Scripted([0.2, 0.5, 0.4, 0.5, 0.3, 0.9])
+    trainer.fit(model)
+    assert trainer.current_epoch == 5 and trainer.early_stopping_callback.stopped_epoch == 4
+    assert trainer.checkpoint_callback.monitor == MONITOR
+    assert Path(trainer.checkpoint_callback.best_model_path) == tmp_path / "checkpoints" / "best.ckpt"
+    assert trainer.checkpoint_callback.best_model_score == pytest.approx(0.5)
+    with pytest.warns(UserWarning, match="multiple `ModelCheckpoint`"):  # Lightning reads the first one
+        (best,) = trainer.test(model, ckpt_path="best", verbose=False)
+    assert best["test/trained_epoch"] == 1
+    (last,) = trainer.test(model, ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"), verbose=False)
+    assert last["test/trained_epoch"] == 4
+
+
+def test_a_validation_that_keeps_improving_runs_to_max_epochs(tmp_path: Path) -> None:
+    trainer = L.Trainer(max_epochs=6, callbacks=lightning_callbacks(ROOT / "configs" / "linucb.yaml"), logger=False,
+                        default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0)
+    trainer.fit(Scripted([0.1, 0.2, 0.3, 0.4, 0.5, 0.6]))
+    assert trainer.current_epoch == 6 and trainer.early_stopping_callback.stopped_epoch == 0
+    assert trainer.checkpoint_callback.best_model_score == pytest.approx(0.6)
+
+
+def test_patience_is_set_on_the_command_line(tmp_path: Path) -> None:
+    cli = make_cli(["--config", str(ROOT / "configs" / "linucb.yaml"), *TINY_DATA, "--trainer.callbacks.patience=7",
+                    f"--trainer.default_root_dir={tmp_path}", f"--data.cache_dir={tmp_path / 'cache'}"], run=False)
+    assert cli.trainer.early_stopping_callback.patience == 7
+    assert cli.trainer.checkpoint_callback.monitor == MONITOR
+
+
+class ValRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.values.append(float(trainer.callback_metrics[MONITOR]))
+
+
+def run_main(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as exit_info:
+        return exit_info.code if isinstance(exit_info.code, int) else int(exit_info.code is not None)
+    return 0
+
+
+def test_linucb_fit_writes_the_best_checkpoint_and_test_reads_it(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    """`train.py fit --config configs/linucb.yaml --trainer.max_epochs=3 --trainer.logger=false` keeps the best
+    validation in `checkpoints/best.ckpt`; `ckpt_path="best"` resolves in the process of the fit, and a later
+    `train.py test` is pointed at the file (`--ckpt_path best` there is one error line naming it)."""
+    common = ["--config", str(ROOT / "configs" / "linucb.yaml"), *TINY_DATA, f"--data.cache_dir={tmp_path / 'cache'}",
+              f"--trainer.default_root_dir={tmp_path}"]
+    cli = make_cli([*common, "--trainer.max_epochs=3"], run=False)
+    recorder = ValRecorder()
+    cli.trainer.callbacks.append(recorder)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    best = tmp_path / "checkpoints" / "best.ckpt"
+    assert best.is_file() and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert len(recorder.values) == 3
+    assert Path(cli.trainer.checkpoint_callback.best_model_path) == best
+    assert cli.trainer.checkpoint_callback.best_model_score == pytest.approx(max(recorder.values))
+    assert torch.load(best, weights_only=True)["epoch"] == recorder.values.index(max(recorder.values))
+    with pytest.warns(UserWarning, match="multiple `ModelCheckpoint`"):  # the first one, on val/ctr@10
+        (in_process,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
+
+    fresh = make_cli(["test", *common, f"--ckpt_path={best}"])  # a later `train.py test`, given the file
+    assert fresh.model.last_metrics["test/ctr@10"] == pytest.approx(in_process["test/ctr@10"])
+    capfd.readouterr()
+    with pytest.raises(CheckpointError, match="checkpoints/best.ckpt"):
+        make_cli(["test", *common, "--ckpt_path=best"], run=True)
+    assert run_main(["test", *common, "--ckpt_path=best"]) == 2
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: best:") and "best.ckpt" in lines[0]
+    assert 0.0 <= in_process["test/ctr@10"] <= 1.0
