@@ -17,9 +17,10 @@ from lit_rec.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 120
-# a small simulator (150 items: max(eval_ks) = 100 negatives per held-out event still fit)
+# a small simulator (150 items: max(eval_ks) = 100 negatives per held-out event still fit); 60 training windows
+# (one per user) in batches of 16: 4 steps an epoch
 DATA_ARGS = [
-    "--data.synthetic_users=60", "--data.synthetic_items=150", "--data.synthetic_events_per_user=10",
+    "--data.synthetic_users=60", "--data.synthetic_items=150", "--data.synthetic_events_per_user=10", "--data.batch_size=16",
     "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=1",
 ]
 
