@@ -31,13 +31,15 @@ def test_window_targets_are_the_next_items_and_only_prefixes_with_an_item_count(
 
 
 def test_full_catalogue_cross_entropy_never_lets_pad_compete() -> None:
-    scores = torch.tensor([[[50.0, 1.0, 2.0, 0.0]]])  # PAD's column scores highest: it must not count
-    columns = full_catalogue(scores, torch.tensor([[2]]))
+    # D = 1: item i scores its vector; PAD's row would score highest, but PAD has no column
+    item_table = torch.tensor([[50.0], [1.0], [2.0], [0.0]])
+    columns = full_catalogue(torch.ones(1, 1, 1), item_table, torch.tensor([[2]]))
+    assert columns.scores.tolist() == [[[1.0, 2.0, 0.0]]]  # column j is item j + 1
+    assert columns.target.tolist() == [[1]]
     ce = cross_entropy(columns)
     expected = -(2.0 - math.log(math.exp(1.0) + math.exp(2.0) + math.exp(0.0)))
     assert ce.shape == (1, 1) and ce.item() == pytest.approx(expected, rel=1e-6)
-    assert columns.logged().item() == 2.0
-    assert columns.masked_scores()[0, 0, 0] == float("-inf")
+    assert torch.equal(columns.masked_scores(), columns.scores) and torch.equal(columns.logits(), columns.scores)
 
 
 def _sampled_case():
@@ -70,8 +72,8 @@ def test_score_columns_scores_another_network_on_the_same_columns() -> None:
     columns = sampled_catalogue(query, item_table, targets, negatives, log_q)
     other_table = 2 * item_table
     assert torch.equal(score_columns(query, other_table, targets, columns), 2 * columns.scores)
-    full = full_catalogue(query @ item_table.T, targets)
-    assert torch.equal(score_columns(query, other_table, targets, full), query @ other_table.T)
+    full = full_catalogue(query, item_table, targets)
+    assert torch.equal(score_columns(query, other_table, targets, full), 2 * full.scores)
 
 
 def test_masked_mean_and_greedy_hits() -> None:
@@ -84,10 +86,10 @@ def test_masked_mean_and_greedy_hits() -> None:
     assert greedy_hits(scores, target, rivals).tolist() == [[True, False]]
 
 
-def test_random_rivals_never_draw_column_zero() -> None:
-    columns = full_catalogue(torch.zeros(2, 3, 5), torch.ones(2, 3, dtype=torch.long))
+def test_random_rivals_draw_every_column() -> None:
+    columns = full_catalogue(torch.zeros(2, 3, 4), torch.zeros(6, 4), torch.ones(2, 3, dtype=torch.long))
     rivals = random_rivals(columns, 200, torch.Generator().manual_seed(0))
-    assert rivals.shape == (2, 3, 200) and rivals.min() == 1 and rivals.max() == 4
+    assert rivals.shape == (2, 3, 200) and rivals.min() == 0 and rivals.max() == 4  # 5 items: columns 0..4
 
 
 def test_training_softmax_samples_by_smoothed_popularity_with_its_log_q() -> None:
@@ -107,18 +109,22 @@ def test_training_softmax_samples_by_smoothed_popularity_with_its_log_q() -> Non
     assert torch.allclose(columns.log_q[..., 1:], expected_log_q[columns.negatives].expand(2, 3, 6))
     assert torch.allclose(columns.log_q[..., 0], expected_log_q[targets])
     full = TrainingSoftmax().columns(query, table, targets, torch.Generator())
-    assert torch.allclose(full.scores, query @ table.T) and torch.equal(full.target, targets)
+    assert torch.allclose(full.scores, query @ table[1:].T) and torch.equal(full.target, targets - 1)
 
 
 def test_a_padded_window_has_a_finite_loss_and_gradient() -> None:
-    # two PADs: position 0's target is PAD (its cross-entropy is inf); it is masked out, never multiplied into a NaN
+    # two PADs: position 0's target is PAD; it is masked out and adds neither to the loss nor to the gradient
     history, item = torch.tensor([[0, 0, 3, 4]]), torch.tensor([5])
     targets, mask = window_targets(history, item)
-    scores = torch.randn(1, 4, 6, generator=torch.Generator().manual_seed(0), requires_grad=True)
-    columns = full_catalogue(scores, targets)
-    per_position = cross_entropy(columns)
-    assert per_position[0, 0] == float("inf")
+    query = torch.randn(1, 4, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    table = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
+    per_position = cross_entropy(full_catalogue(query, table, targets))
     loss = masked_mean(per_position, mask)
-    assert loss.item() == pytest.approx(per_position[0, 1:][mask[0, 1:]].mean().item())
+    assert loss.item() == pytest.approx(per_position[0, 2:].mean().item())
     loss.backward()
-    assert torch.isfinite(scores.grad).all() and torch.equal(scores.grad[0, :2], torch.zeros(2, 6))
+    assert torch.isfinite(query.grad).all() and torch.equal(query.grad[0, :2], torch.zeros(2, 3))
+    # an infinite value outside the mask is selected out, not multiplied by 0 into a NaN
+    values = torch.tensor([float("inf"), 1.0, 3.0], requires_grad=True)
+    masked = masked_mean(values, torch.tensor([False, True, True]))
+    masked.backward()
+    assert masked.item() == 2.0 and values.grad.tolist() == [0.0, 0.5, 0.5]

@@ -77,8 +77,8 @@ def test_next_state_values_dqn_takes_the_target_max_ddqn_the_target_at_the_onlin
 
 
 def test_replay_td_loss_gives_every_competing_action_its_known_reward():
-    # columns: PAD (not competing, -inf), the logged item, two others; gamma V(s') = 0.5 * 2 = 1
-    q = torch.tensor([[float("-inf"), 0.9, 5.0, 7.0]], requires_grad=True)
+    # columns: one that does not compete (an accidental hit of a sample), the logged item, two others; gamma V(s') = 0.5 * 2 = 1
+    q = torch.tensor([[9.0, 0.9, 5.0, 7.0]], requires_grad=True)
     logged = torch.tensor([1])
     competing = torch.tensor([False, True, True, True])
     next_value = torch.tensor([2.0], requires_grad=True)
@@ -89,8 +89,11 @@ def test_replay_td_loss_gives_every_competing_action_its_known_reward():
     huber = replay_td_loss(q, logged, competing, next_value, 0.5, "huber")
     assert huber.item() == pytest.approx(0.6 + 4.5)
     huber.sum().backward()
-    assert torch.isfinite(q.grad).all() and q.grad[0, 0] == 0  # the -inf column adds nothing
+    assert q.grad[0, 0] == 0  # the column that does not compete adds nothing
     assert next_value.grad is None  # the bootstrap is a fixed target
+    # the full catalogue: every column competes (a scalar True)
+    everything = replay_td_loss(q[:, 1:], torch.tensor([0]), torch.tensor(True), next_value, 0.5, "mse")
+    assert everything.item() == pytest.approx(27.21)
     with pytest.raises(ValueError, match="huber"):
         replay_td_loss(q, logged, competing, next_value, 0.5, "l1")  # type: ignore[arg-type]
 
