@@ -1,4 +1,4 @@
-"""DQN / DDQN end to end on the synthetic simulator: learning, step counting, exact resume."""
+"""DQN / DDQN on training windows: the loss, the next state of a position, learning end to end, exact resume."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from lit_rec.cli import make_cli
+from lit_rec.functional.next_item import cross_entropy, window_targets
+from lit_rec.functional.td import replay_td_loss
 from lit_rec.modules.dqn import DQN
 
 ROOT = Path(__file__).resolve().parents[3]
-# checkpoints of a manual-optimisation module hold the post-step state on purpose (train.py filters this too)
-pytestmark = pytest.mark.filterwarnings("ignore:.*no pre-optimization state was saved")
-# small and fast: a 32-wide encoder, 56 training steps per epoch on the default simulator
-FAST = ["--model.init_args.dim=32", "--model.init_args.lr=0.003", "--model.init_args.num_envs=128"]
+# small and fast: a 32-wide encoder
+FAST = ["--model.init_args.dim=32", "--model.init_args.lr=0.003"]
+NUM_ITEMS, HISTORY_LEN = 20, 5
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +31,7 @@ def one_thread():
 
 
 def callbacks(target_every: int = 100, checkpoint: dict | None = None) -> str:
-    """`--trainer.callbacks=` with a TargetNetworkUpdate and, when given, a ModelCheckpoint."""
+    """`--trainer.callbacks=` with a (hard) TargetNetworkUpdate and, when given, a ModelCheckpoint."""
     chosen = [{"class_path": "callbacks.target_update.TargetNetworkUpdate", "init_args": {"every_n_steps": target_every}}]
     if checkpoint is not None:
         chosen.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": checkpoint})
@@ -56,62 +57,114 @@ def fit(config: str, tmp_path: Path, *args: str) -> DQN:
     return cli.model
 
 
+def windows(b: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A batch of windows: left-padded histories (row 0 has only two items) and their next items."""
+    g = torch.Generator().manual_seed(seed)
+    history = torch.randint(1, NUM_ITEMS + 1, (b, HISTORY_LEN), generator=g)
+    history[0, :3] = 0
+    return {"user": torch.arange(b), "history": history, "item": torch.randint(1, NUM_ITEMS + 1, (b,), generator=g)}
+
+
+def module(**overrides) -> DQN:
+    args = dict(num_items=NUM_ITEMS, num_users=6, history_len=HISTORY_LEN, dim=16, dropout=0.0, seed=0)
+    return DQN(**{**args, **overrides})
+
+
+@pytest.mark.parametrize("double", [False, True])
+def test_td_bootstraps_each_position_from_the_next_position_of_its_window(double: bool) -> None:
+    model = module(double=double, gamma=0.5, loss="mse")
+    with torch.no_grad():  # a target network that differs from the online one
+        for p in model.target.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    batch = windows()
+    history = batch["history"]
+    targets, mask = window_targets(history, batch["item"])
+    losses = model.q_losses(history, batch["item"])
+    rows, cols = losses.where
+    assert rows.numel() == int(mask.sum()) == 6 * HISTORY_LEN - 3  # the positions that hold an item
+    # entry k's next state is entry k + 1 (the next position of the same window), except at a window's last position
+    assert torch.equal(losses.has_next, cols[:-1] < HISTORY_LEN - 1)
+    assert torch.equal(rows[1:][losses.has_next], rows[:-1][losses.has_next])
+    assert torch.equal(cols[1:][losses.has_next], cols[:-1][losses.has_next] + 1)
+
+    # V(s') by hand from every position's Q-values (PAD's column dropped): DQN's target max, or DDQN's target at the online argmax
+    q_online = model.online.sequence_scores(history)[0][..., 1:][rows, cols]
+    q_target = model.target.sequence_scores(history)[0][..., 1:][rows, cols]
+    if double:
+        next_value = q_target[1:].gather(1, q_online[1:].argmax(1, keepdim=True)).squeeze(1)
+    else:
+        next_value = q_target[1:].max(1).values
+    computed = model.next_values(model.target, history, losses.where, losses.targets, losses.columns)
+    assert torch.allclose(computed[losses.has_next], next_value[losses.has_next], atol=1e-5)
+    assert not torch.allclose(next_value, q_online[1:].max(1).values, atol=1e-3)  # the target network's values
+    # the TD loss: every item's known reward (1 for the logged one) + gamma V(s'), over the positions with a next state
+    logged = targets[rows, cols] - 1
+    td = replay_td_loss(q_online[:-1], logged[:-1], torch.tensor(True), next_value, 0.5, "mse")[losses.has_next].mean()
+    assert losses.td.item() == pytest.approx(td.item(), rel=1e-5)
+
+
+def test_loss_is_ce_weight_ce_plus_td_weight_td_over_the_positions_with_an_item() -> None:
+    batch = windows()
+    model = module(ce_weight=0.7, td_weight=0.3)
+    model.log_step = model.log_window_ctr = lambda *a, **k: None  # no trainer here
+    losses = model.q_losses(batch["history"], batch["item"])
+    assert losses.states.shape == (6 * HISTORY_LEN - 3, 16)  # row 0's padded prefixes are not trained
+    assert losses.ce.item() == pytest.approx(cross_entropy(losses.columns).mean().item())
+    # the CE is the full-catalogue softmax of the logged item after each prefix
+    q_all = model.online.sequence_scores(batch["history"])[0][..., 1:]
+    targets, mask = window_targets(batch["history"], batch["item"])
+    ce = torch.nn.functional.cross_entropy(q_all[mask], targets[mask] - 1)
+    assert losses.ce.item() == pytest.approx(ce.item(), rel=1e-5)
+    loss = model.training_step(batch, 0)
+    assert loss.item() == pytest.approx(0.7 * losses.ce.item() + 0.3 * losses.td.item(), rel=1e-5)
+    # the gradients reach the online network only
+    loss.backward()
+    assert all(p.grad is None for p in model.target.parameters())
+    assert model.online.encoder.item_embedding.weight.grad.abs().sum() > 0
+    assert model.target_pairs() == [(model.online, model.target)]
+    with pytest.raises(ValueError, match="gamma"):
+        module(gamma=1.0)
+    with pytest.raises(ValueError, match="weights"):
+        module(ce_weight=0.0, td_weight=0.0)
+
+
+def test_sampled_softmax_scores_the_logged_item_and_a_shared_sample() -> None:
+    model = module(softmax="sampled", sampled_negatives=8)
+    model.training_softmax.fit(torch.ones(NUM_ITEMS + 1, dtype=torch.long))
+    batch = windows()
+    losses = model.q_losses(batch["history"], batch["item"])
+    columns = losses.columns
+    assert columns.scores.shape == (6 * HISTORY_LEN - 3, 1 + 8) and columns.negatives.shape == (8,)
+    assert torch.equal(columns.target, torch.zeros(6 * HISTORY_LEN - 3, dtype=torch.long))
+    assert torch.isfinite(losses.ce) and torch.isfinite(losses.td)
+
+
 @pytest.mark.slow
 def test_dqn_beats_popularity_on_synthetic_data(tmp_path: Path) -> None:
-    model = fit("dqn", tmp_path, "--trainer.max_epochs=4", callbacks(checkpoint={"dirpath": str(tmp_path / "ckpt"), "save_last": True}))
+    # batches of 64 windows: 26 steps an epoch
+    model = fit("dqn", tmp_path, "--trainer.max_epochs=4", "--data.batch_size=64", callbacks(checkpoint={"dirpath": str(tmp_path / "ckpt"), "save_last": True}))
     metrics = model.last_metrics
     assert metrics["val/ctr@10"] > metrics["val/pop_ctr@10"] + 0.01, metrics
     assert metrics["val/ctr@100"] > metrics["val/pop_ctr@100"], metrics
     logged = model.trainer.callback_metrics
-    assert {"train/loss", "train/ctr", "train/epsilon", "train/episodes"} <= set(logged)
-    assert model.trainer.global_step == 4 * 56
-    assert logged["train/epsilon"] == pytest.approx(0.05)
+    assert {"train/loss", "train/loss_td", "train/loss_ce", "train/ctr", "train/episodes"} <= set(logged)
+    assert model.trainer.global_step == 4 * len(model.trainer.datamodule.train_dataloader())
     assert (tmp_path / "ckpt" / "last.ckpt").exists()
 
 
-@pytest.mark.parametrize("env", ["replay", "user_model"])
-def test_ddqn_runs_in_both_environments(tmp_path: Path, env: str) -> None:
+@pytest.mark.parametrize("softmax", ["full", "sampled"])
+def test_ddqn_fits_and_its_target_network_follows_the_callback(tmp_path: Path, softmax: str) -> None:
     model = fit(
-        "ddqn", tmp_path, "--trainer.max_steps=12", "--trainer.limit_val_batches=1", "--trainer.enable_checkpointing=false",
-        callbacks(), f"--model.init_args.env={env}",
-        "--model.init_args.learning_starts=256",
+        "ddqn", tmp_path, "--trainer.max_steps=4", "--trainer.limit_val_batches=1", "--trainer.enable_checkpointing=false",
+        callbacks(target_every=3), f"--model.init_args.softmax={softmax}", "--model.init_args.sampled_negatives=50",
     )
-    assert model.double and model.env_name == env
-    assert model.trainer.global_step == 12
-    assert len(model.buffer) == 12 * 128
+    assert model.double and model.trainer.global_step == 4
     assert torch.isfinite(model.trainer.callback_metrics["train/loss"])
-
-
-def test_steps_without_updates_still_advance_global_step(tmp_path: Path) -> None:
-    before = DQN(num_items=300, num_users=500, dim=32, seed=0).online.state_dict()
-    model = fit(
-        "dqn", tmp_path, "--trainer.max_steps=7", "--trainer.limit_val_batches=0", "--trainer.enable_checkpointing=false",
-        callbacks(), "--model.init_args.learning_starts=100000",
-    )
-    assert model.trainer.global_step == 7  # no-op optimizer steps are counted
-    assert all(torch.equal(before[k], v) for k, v in model.online.state_dict().items())  # ... and change nothing
-    assert "train/loss" not in model.trainer.callback_metrics
-
-
-def test_updates_per_step_multiplies_optimizer_steps(tmp_path: Path) -> None:
-    model = fit(
-        "dqn", tmp_path, "--trainer.max_steps=8", "--trainer.limit_val_batches=0", "--trainer.enable_checkpointing=false",
-        callbacks(), "--model.init_args.updates_per_step=2",
-        "--model.init_args.learning_starts=1",
-    )
-    assert model.trainer.global_step == 8
-    assert model.env_steps == 4 and len(model.buffer) == 4 * 128
-
-
-def test_act_is_greedy_at_zero_epsilon_and_uniform_at_one() -> None:
-    model = DQN(num_items=50, num_users=10, dim=16, hint_dim=8, num_heads=2, seed=0)
-    history = torch.randint(1, 51, (400, 10))
-    candidates = torch.randint(1, 51, (400, 6))
-    greedy = model.online.eval().score(history, candidates).argmax(1)
-    assert torch.equal(model.act(history, candidates, 0.0), greedy)
-    uniform = model.act(history, candidates, 1.0)
-    assert torch.bincount(uniform, minlength=6).min() > 40  # 400 draws over 6 columns
-    assert model.target_pairs()[0] == (model.online, model.target)
+    initial = DQN(num_items=model.num_items, num_users=model.num_users, history_len=model.history_len, dim=32, seed=0).online.state_dict()
+    online, target = model.online.state_dict(), model.target.state_dict()
+    # the target network was copied at step 3 and then kept: it differs from both the start and the online one
+    assert not all(torch.equal(v, initial[k]) for k, v in target.items())
+    assert not all(torch.equal(v, online[k]) for k, v in target.items())
     assert not any(p.requires_grad for p in model.target.parameters())
 
 
@@ -121,34 +174,27 @@ def _parameters(model: DQN) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")
-@pytest.mark.parametrize(("config", "env"), [("dqn", "replay"), ("ddqn", "user_model")])
-def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path: Path, config: str, env: str) -> None:
-    # checkpoints every 30 steps; 2 epochs of 56 steps; the target network is copied every 20 steps.
-    # deterministic: with several CPU threads some kernels (embedding backward) add in a varying
+@pytest.mark.parametrize("config", ["dqn", "ddqn"])
+def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path: Path, config: str) -> None:
+    # batches of 64 windows: 26 steps an epoch, 2 epochs; checkpoints every 10 steps; the target network is copied
+    # every 7 steps. Deterministic: with several CPU threads some kernels (embedding backward) add in a varying
     # order, so even two uninterrupted runs would differ in the last bits.
-    common = [
-        "--trainer.max_epochs=2",
-        "--trainer.deterministic=true",
-        f"--model.init_args.env={env}",
-        "--model.init_args.dropout=0.1",
-        "--model.init_args.learning_starts=512",
-    ]
-    every_30 = {"every_n_train_steps": 30, "save_top_k": -1, "filename": "{step}"}
-    whole = fit(config, tmp_path / "whole", *common, callbacks(20, {**every_30, "dirpath": str(tmp_path / "whole_ckpt")}))
-    checkpoint = tmp_path / "whole_ckpt" / "step=30.ckpt"
+    common = ["--trainer.max_epochs=2", "--trainer.deterministic=true", "--data.batch_size=64", "--model.init_args.dropout=0.1"]
+    every_10 = {"every_n_train_steps": 10, "save_top_k": -1, "filename": "{step}"}
+    whole = fit(config, tmp_path / "whole", *common, callbacks(7, {**every_10, "dirpath": str(tmp_path / "whole_ckpt")}))
+    checkpoint = tmp_path / "whole_ckpt" / "step=10.ckpt"
     assert checkpoint.exists()
     resumed = fit(
-        config, tmp_path / "resumed", *common, callbacks(20, {**every_30, "dirpath": str(tmp_path / "resumed_ckpt")}),
+        config, tmp_path / "resumed", *common, callbacks(7, {**every_10, "dirpath": str(tmp_path / "resumed_ckpt")}),
         f"--ckpt_path={checkpoint}",
     )
-    assert resumed.trainer.global_step == whole.trainer.global_step == 112
+    assert resumed.trainer.global_step == whole.trainer.global_step == 2 * 26
     assert resumed.last_metrics == whole.last_metrics
     a, b = _parameters(whole), _parameters(resumed)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
-    assert all(torch.equal(whole.buffer.storage[k], resumed.buffer.storage[k]) for k in whole.buffer.storage)
     # the checkpoint alone rebuilds the module (strict=False: RecModule.setup adds the popularity scorer's buffer)
     restored = DQN.load_from_checkpoint(checkpoint, strict=False)
     saved = torch.load(checkpoint, weights_only=False)["state_dict"]
     assert all(torch.equal(v, saved[f"online.{k}"]) for k, v in restored.online.state_dict().items())
-    assert restored.double == (config == "ddqn") and restored.env is None
+    assert restored.double == (config == "ddqn") and restored.history_len == whole.history_len
