@@ -60,7 +60,13 @@ def _elementwise_loss(error: Tensor, kind: str) -> Tensor:
 
 
 def replay_td_loss(
-    q: Tensor, logged: Tensor, competing: Tensor, next_value: Tensor, gamma: float, kind: Literal["huber", "mse"] = "huber"
+    q: Tensor,
+    logged: Tensor,
+    competing: Tensor,
+    next_value: Tensor,
+    gamma: float,
+    kind: Literal["huber", "mse"] = "huber",
+    others: Tensor | None = None,
 ) -> Tensor:
     """TD loss per state `(...)` for every action at once, in replay: `Q*(s, a) = 1[a = logged] + gamma V(s')`.
 
@@ -68,14 +74,17 @@ def replay_td_loss(
     next state does not depend on the action, so each competing column has a target. `q (..., C)` finite
     scores, `logged (...)` the logged column, `competing` bool broadcastable to `q` (the logged column
     competes), `next_value (...)` (detached here). The loss is the logged action's TD error (Huber or
-    squared) plus the mean over the other competing actions.
+    squared) plus the mean over the other competing actions: over every column, or estimated on the
+    columns `others (K,)` (an unbiased estimate when they are drawn uniformly; a draw of the logged
+    column is left out).
     """
     bootstrap = gamma * next_value.detach()
-    per_action = _elementwise_loss(q - bootstrap.unsqueeze(-1), kind)  # the error of an action with reward 0
-    if competing.dim() > 0:
-        per_action = per_action * competing
     logged_q = q.gather(-1, logged.unsqueeze(-1)).squeeze(-1)
-    as_if_unrewarded = per_action.gather(-1, logged.unsqueeze(-1)).squeeze(-1)
-    count = (competing.expand_as(q).sum(-1) if competing.dim() > 0 else torch.full_like(logged_q, q.shape[-1])) - 1
-    others = (per_action.sum(-1) - as_if_unrewarded) / count.clamp_min(1)
-    return _elementwise_loss(logged_q - 1.0 - bootstrap, kind) + others
+    columns = torch.arange(q.shape[-1], device=q.device) if others is None else others
+    other_q = q if others is None else q[..., others]
+    counted = columns != logged.unsqueeze(-1)
+    if competing.dim() > 0:
+        counted = counted & (competing if others is None else competing[..., others])
+    per_action = _elementwise_loss(other_q - bootstrap.unsqueeze(-1), kind) * counted
+    mean_other = per_action.sum(-1) / counted.sum(-1).clamp_min(1)
+    return _elementwise_loss(logged_q - 1.0 - bootstrap, kind) + mean_other

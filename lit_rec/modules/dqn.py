@@ -59,6 +59,7 @@ class DQN(RecModule):
         td_weight: float = 1.0,
         ce_weight: float = 1.0,
         loss: Literal["huber", "mse"] = "huber",
+        td_actions: int = 256,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         max_grad_norm: float = 5.0,
@@ -78,6 +79,8 @@ class DQN(RecModule):
         td_weight: weight of the TD loss.
         ce_weight: weight of the supervised cross-entropy over the Q-values (0: pure Q-learning).
         loss: TD loss: `huber` or `mse`.
+        td_actions: other actions per step (drawn uniformly, shared by the batch) whose TD errors estimate
+            the mean over the catalogue; 0: every action (exact, several times slower on a large catalogue).
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         max_grad_norm: gradient clipping by global norm (0 disables it).
@@ -98,7 +101,9 @@ class DQN(RecModule):
         self.save_hyperparameters()
         self.double, self.gamma, self.td_weight, self.ce_weight = double, gamma, td_weight, ce_weight
         self.lr, self.weight_decay = lr, weight_decay
-        self.loss_kind, self.max_grad_norm, self.seed = loss, max_grad_norm, seed
+        if td_actions < 0:
+            raise ValueError(f"td_actions must be >= 0, got {td_actions}")
+        self.loss_kind, self.td_actions, self.max_grad_norm, self.seed = loss, td_actions, max_grad_norm, seed
         self.training_softmax = TrainingSoftmax(softmax, sampled_negatives)
         with torch.random.fork_rng(devices=[]):  # the initialisation depends on `seed` only
             torch.manual_seed(seed)
@@ -150,9 +155,17 @@ class DQN(RecModule):
         ce = cross_entropy(columns).mean()
         next_value = self.next_values(self.target, history, where, targets[where], columns)
         competing = columns.valid[:-1] if columns.valid.dim() == 2 else columns.valid
-        td = replay_td_loss(columns.scores[:-1], columns.target[:-1], competing, next_value, self.gamma, self.loss_kind)
+        td = replay_td_loss(columns.scores[:-1], columns.target[:-1], competing, next_value, self.gamma, self.loss_kind, self.td_sample(columns))
         td = td[has_next].mean() if bool(has_next.any()) else td.sum() * 0.0
         return QLosses(ce, td, columns, states, has_next, targets[where], where)
+
+    def td_sample(self, columns: Columns) -> Tensor | None:
+        """The `td_actions` columns (uniform, without replacement) whose TD errors stand for every other action; None: all."""
+        count = columns.scores.shape[-1]
+        if self.td_actions == 0 or self.td_actions >= count:
+            return None
+        g = self.rng.generator
+        return torch.randperm(count, generator=g, device=g.device)[: self.td_actions].to(columns.scores.device)
 
     def next_values(self, target: QNetwork, history: Tensor, where: tuple[Tensor, Tensor], targets: Tensor, columns: Columns) -> Tensor:
         """V of the next entry `(P - 1,)` for every entry but the last, from the target network (and the online one for DDQN)."""

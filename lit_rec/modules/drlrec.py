@@ -363,7 +363,9 @@ class DRLRecStudent(DQN):
         teacher_columns = Columns(q_t_all[:, 1:], own.targets - 1, 0.0, torch.ones((), dtype=torch.bool, device=q_t_all.device))
         next_value = self.next_values(self.teacher_target, history, own.where, own.targets, teacher_columns)
         if self.co_train:
-            teacher_td = replay_td_loss(teacher_columns.scores[:-1], teacher_columns.target[:-1], teacher_columns.valid, next_value, self.gamma, self.loss_kind)
+            teacher_td = replay_td_loss(
+                teacher_columns.scores[:-1], teacher_columns.target[:-1], teacher_columns.valid, next_value, self.gamma, self.loss_kind, self.td_sample(teacher_columns)
+            )
             terms["teacher_rl"] = self.ce_weight * cross_entropy(teacher_columns).mean() + self.td_weight * teacher_td[own.has_next].mean()
 
         # distil at every trained state with a next state (its teacher TD error gives the confidence)
