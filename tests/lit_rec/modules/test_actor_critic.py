@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-import math
 import copy
+import math
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lit_rec.cli import make_cli
 from lit_rec.federated import Server
-from lit_rec.functional.a2c import a2c_loss, gumbel_actions, nstep_returns, standard_gumbel
+from lit_rec.functional.a2c import window_a2c_loss
+from lit_rec.functional.next_item import full_catalogue
 from lit_rec.modules.actor_critic import ActorCriticRec
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY_DATA = [
-    "--data.synthetic_users=60", "--data.synthetic_items=60", "--data.synthetic_events_per_user=12", "--data.batch_size=64",
-    "--data.eval_ks=[1,10,20]",
+    "--data.synthetic_users=60", "--data.synthetic_items=60", "--data.synthetic_events_per_user=12", "--data.batch_size=16",
+    "--data.history_len=5", "--data.eval_ks=[1,10,20]",
 ]
-TINY_MODEL = ["--model.init_args.dim=16", "--model.init_args.hint_dim=8", "--model.init_args.max_staleness=6"]
+TINY_MODEL = ["--model.init_args.dim=16", "--model.init_args.max_staleness=6"]
 
 
 @pytest.fixture(autouse=True)
@@ -35,10 +37,10 @@ def one_torch_thread():
 
 
 def _config(tmp_path: Path, name: str, every_n_train_steps: int = 100) -> Path:
-    """A copy of a shipped config whose checkpoints go to `tmp_path/ckpt` every `every_n_train_steps` steps."""
+    """A copy of a shipped config whose periodic checkpoints go to `tmp_path/ckpt` every `every_n_train_steps` steps."""
     config = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
     for callback in config["trainer"]["callbacks"]:
-        if callback["class_path"].endswith("ModelCheckpoint"):
+        if callback["class_path"].endswith("ModelCheckpoint") and "monitor" not in callback["init_args"]:
             callback["init_args"].update(every_n_train_steps=every_n_train_steps, dirpath=str(tmp_path / "ckpt"))
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / f"{name}.yaml"
@@ -57,45 +59,50 @@ def fit(tmp_path: Path, *extra: str, name: str = "dadrl", every_n_train_steps: i
 
 
 # ---------------------------------------------------------------------- the update rule
-def _rollouts(n: int = 6, t: int = 4, length: int = 5, c: int = 5, num_items: int = 30) -> dict[str, torch.Tensor]:
+def _windows(n: int = 6, length: int = 5, num_items: int = 30) -> dict[str, torch.Tensor]:
+    """One training window per client: histories (client 0's left-padded), targets, counted positions, rivals."""
     g = torch.Generator().manual_seed(0)
-    history = torch.randint(1, num_items + 1, (n, t + 1, length), generator=g)
-    history[:, :, :2] = 0  # left padding
-    valid = torch.ones(n, t + 1, dtype=torch.bool)
-    valid[0, 2:] = False  # client 0's episode ends after two steps (terminal)
-    valid[1, t] = False  # client 1's last step is its user's last event
+    history = torch.randint(1, num_items + 1, (n, length), generator=g)
+    history[0, :3] = 0  # client 0: a user's first items (padding)
+    targets = torch.cat([history[:, 1:], torch.randint(1, num_items + 1, (n, 1), generator=g)], dim=1)
+    counted = torch.ones(n, length, dtype=torch.bool)
+    counted[1, :3] = False  # client 1 replays only its last two events (the rest were trained before)
     return {
         "history": history,
-        "candidates": torch.randint(1, num_items + 1, (n, t, c), generator=g),
-        "gumbel": standard_gumbel((n, t, c), g),
-        "valid": valid,
+        "targets": targets,
+        "mask": counted & (history > 0),
+        "rivals": torch.randint(0, num_items, (n, length, 3), generator=g),
+        "negatives": torch.zeros(0, dtype=torch.long),
     }
 
 
+def _module(**overrides) -> ActorCriticRec:
+    args = dict(num_items=30, num_users=6, history_len=5, dim=16, dropout=0.0)
+    return ActorCriticRec(**{**args, **overrides})
+
+
 def test_a_fresh_cohort_with_constant_weights_reproduces_a_synchronous_a2c_update():
-    module = ActorCriticRec(
-        num_items=30, num_users=6, weighting="constant", personalization=False, clip_norm=1e9, history_len=5, dim=16, hint_dim=8
-    )
+    module = _module(weighting="constant", personalization=False, clip_norm=1e9)
     module.double()  # float64: the two paths agree to rounding, and SGD shows the update itself
     reference = copy.deepcopy(module.policy)
-    data = _rollouts()
-    data["gumbel"] = data["gumbel"].double()
+    data = _windows()
     with sdpa_kernel(SDPBackend.MATH):
-        # synchronous A2C: the mean of the clients' losses, one backward pass, one optimiser step
+        # synchronous A2C: the mean of the clients' (per-position mean) losses, one backward pass, one optimiser step
         ref_optimizer = torch.optim.SGD(reference.parameters(), lr=0.5)
-        logits, values = reference(data["history"], data["candidates"])
-        actions = gumbel_actions(logits, data["gumbel"])
-        mask, t = data["valid"][:, :-1], logits.shape[1]
-        returns = nstep_returns((actions == 0).float(), values[:, t].detach() * data["valid"][:, t], mask, module.gamma)
-        loss, _ = a2c_loss(logits, actions, values[:, :t], returns, mask, module.value_coef, module.entropy_coef)
-        loss.mean().backward()
+        query, values = reference(data["history"])
+        columns = full_catalogue(query, reference.net.encoder.item_embedding.weight, data["targets"])
+        log_probs = F.log_softmax(columns.logits(), dim=-1)
+        loss, parts = window_a2c_loss(log_probs, columns.target, values, data["mask"], module.gamma, module.ce_weight,
+                                      module.pg_weight, module.value_coef, module.entropy_coef)
+        assert parts["count"].tolist() == [2, 2, 5, 5, 5, 5]
+        (loss / parts["count"]).mean().backward()
         ref_optimizer.step()
 
         # DADRL's path: per-client gradients on the stored version, staleness 0, through the server
         optimizer = torch.optim.SGD(module.policy.parameters(), lr=0.5)
         server = Server(list(module.policy.parameters()), lambda scale: optimizer.step(), max_staleness=3, weighting="constant")
         server.start()
-        grads, _, _ = module._client_gradients(server.parameters_at(0), None, data)
+        grads, _, _ = module._per_client_gradients(server.parameters_at(0), None, data)
         server.receive(grads, torch.zeros(6, dtype=torch.long))
         assert server.step().lr_scale == 1.0
     for (name, p), q in zip(module.policy.named_parameters(), reference.parameters()):
@@ -104,24 +111,60 @@ def test_a_fresh_cohort_with_constant_weights_reproduces_a_synchronous_a2c_updat
     assert torch.equal(server.parameters_at(1), server.flat_parameters())
 
 
-@pytest.mark.parametrize("policy_gradient", ["sampled", "expected"])
-def test_clients_on_different_stale_versions_get_the_gradients_of_their_own_copies(policy_gradient):
+def test_clients_on_different_stale_versions_get_the_gradients_of_their_own_copies():
     """One vmapped call over each client's own version equals computing each version's group apart."""
-    module = ActorCriticRec(num_items=30, num_users=6, policy_gradient=policy_gradient, history_len=5, dim=16, hint_dim=8)
+    module = _module()
     module.double()
-    data = _rollouts()
-    data["gumbel"] = data["gumbel"].double()
+    data = _windows()
     flat = torch.cat([p.detach().reshape(-1) for p in module.policy.parameters()])
     versions = torch.stack([flat, flat + 0.01 * torch.randn(flat.shape, generator=torch.Generator().manual_seed(1), dtype=flat.dtype)])
     owner = torch.tensor([0, 1, 1, 0, 1, 0])
-    private = torch.randn(6, 8, dtype=torch.float64)
+    private = torch.randn(6, 16, dtype=torch.float64)
     with sdpa_kernel(SDPBackend.MATH):
-        together, private_together, _ = module._client_gradients(versions[owner], private, data)
+        together, private_together, _ = module._per_client_gradients(versions[owner], private, data)
         for v in (0, 1):
             rows = torch.nonzero(owner == v).squeeze(1)
-            apart, private_apart, _ = module._client_gradients(versions[v], private[rows], {k: t[rows] for k, t in data.items()})
+            part = {k: t if k == "negatives" else t[rows] for k, t in data.items()}
+            apart, private_apart, _ = module._per_client_gradients(versions[v], private[rows], part)
             assert torch.allclose(together[rows], apart, rtol=1e-9, atol=1e-12)
             assert torch.allclose(private_together[rows], private_apart, rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(together[owner == 0][0], together[owner == 1][0])
+
+
+class OnData(ActorCriticRec):
+    """An ActorCriticRec that reads the given data's tensors without a trainer."""
+
+    def __init__(self, dm, **kwargs) -> None:
+        super().__init__(num_items=dm.num_items, num_users=dm.num_users, history_len=dm.history_len, **kwargs)
+        self._data = dm
+
+    @property
+    def tensors(self):
+        return self._data.tensors
+
+
+def test_each_client_replays_one_window_of_its_next_t_max_events(tmp_path):
+    from datamodules import RecDataModule
+
+    dm = RecDataModule(synthetic_users=20, synthetic_items=60, synthetic_events_per_user=12, history_len=5, eval_ks=[1, 5],
+                       cache_dir=str(tmp_path / "cache"))
+    module = OnData(dm, t_max=3, cohort_size=4, dim=16)
+    module._build_federation()
+    train, clients = dm.tensors.train, module.clients
+    cohort = torch.tensor([0, 1, 2, 3])
+    lengths = clients.lengths[cohort]
+    clients.cursor[cohort] = torch.stack([torch.tensor(0), torch.tensor(1), lengths[2] - 2, lengths[3] - 3])
+    data = module._local_step(module._rollout_data(cohort), 0)
+    assert data["history"].shape == data["targets"].shape == data["mask"].shape == (4, 5)
+    for row, client in enumerate(cohort.tolist()):
+        start = int(clients.offsets[client] + clients.cursor[client])
+        events = list(range(start, min(start + 3, int(clients.offsets[client] + lengths[row]))))  # at most t_max, within the episode
+        last = events[-1]
+        # the window ends at the last new event: its history then its item, the new events' items are the counted targets
+        assert torch.equal(data["history"][row], train.history[last])
+        assert torch.equal(data["targets"][row], torch.cat([train.history[last][1:], train.item[last : last + 1]]))
+        with_history = [e for e in events if e > int(clients.offsets[client])]  # a user's first event has no state to act in
+        assert data["targets"][row][data["mask"][row]].tolist() == train.item[with_history].tolist()
 
 
 # ---------------------------------------------------------------------- end to end
