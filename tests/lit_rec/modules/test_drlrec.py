@@ -15,7 +15,7 @@ from lit_rec.modules.drlrec import DRLRecStudent, num_parameters
 from lit_rec.sampling import SeededGenerator
 
 ROOT = Path(__file__).resolve().parents[3]
-NUM_ITEMS = 30
+NUM_ITEMS, HISTORY_LEN = 30, 10
 
 
 @pytest.fixture(autouse=True)
@@ -23,40 +23,42 @@ def _quiet_log_outside_trainer() -> None:
     warnings.filterwarnings("ignore", message=".*self.log.*")
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread: these networks are tiny, and on a shared 2-core machine more threads only oversubscribe (PITFALLS.md)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def teacher_ckpt(tmp_path: Path) -> Path:
     """A (random) wide DQN teacher saved like a Lightning checkpoint."""
-    teacher = DQN(num_items=NUM_ITEMS, num_users=5, double=True, dim=16, hint_dim=16, seed=7)
+    teacher = DQN(num_items=NUM_ITEMS, num_users=5, history_len=HISTORY_LEN, double=True, dim=16, seed=7)
     path = tmp_path / "teacher.ckpt"
     torch.save({"hyper_parameters": dict(teacher.hparams), "state_dict": teacher.state_dict()}, path)
     return path
 
 
-def replay_batch(b: int = 6, c: int = 5, length: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A replay minibatch with the DQN buffer's fields."""
+def window_batch(b: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A batch of training windows (row 0 left-padded: a user's first items)."""
     g = torch.Generator().manual_seed(seed)
-    history = torch.randint(0, NUM_ITEMS + 1, (b, length), generator=g)
-    history[:, -1] = torch.randint(1, NUM_ITEMS + 1, (b,), generator=g)  # at least one item per state
-    return {
-        "history": history,
-        "candidates": torch.randint(1, NUM_ITEMS + 1, (b, c), generator=g),
-        "action": torch.randint(0, c, (b,), generator=g),
-        "reward": torch.randint(0, 2, (b,), generator=g).float(),
-        "next_history": torch.roll(history, -1, dims=1),
-        "next_candidates": torch.randint(1, NUM_ITEMS + 1, (b, c), generator=g),
-        "done": torch.tensor([False, True] * (b // 2)),
-    }
+    history = torch.randint(1, NUM_ITEMS + 1, (b, HISTORY_LEN), generator=g)
+    history[0, :4] = 0
+    return {"user": torch.arange(b), "history": history, "item": torch.randint(1, NUM_ITEMS + 1, (b,), generator=g)}
 
 
 def student(teacher_ckpt: Path | None, **overrides) -> DRLRecStudent:
     """A tiny student (width 8 against the teacher's 16), ready for `distillation_terms` outside a trainer."""
-    args = dict(teacher_ckpt=str(teacher_ckpt) if teacher_ckpt else None, num_items=NUM_ITEMS, num_users=5, dim=8,
-                hint_dim=8, num_candidates=20, top_k=3, seed=0, teacher_dim=16, teacher_hint_dim=16)
+    args = dict(teacher_ckpt=str(teacher_ckpt) if teacher_ckpt else None, num_items=NUM_ITEMS, num_users=5, history_len=HISTORY_LEN,
+                dim=8, num_candidates=20, top_k=3, seed=0, teacher_dim=16, dropout=0.0)  # no dropout: terms repeat exactly
     module = DRLRecStudent(**{**args, **overrides})
     module.load_frozen_teacher()  # what setup("fit") does
     popularity = torch.arange(NUM_ITEMS + 1)
     popularity[0] = 0
     module._item_popularity = popularity
+    module.log_step = module.log_window_ctr = lambda *a, **k: None  # no trainer here
     return module
 
 
@@ -66,10 +68,21 @@ def terms_of(module: DRLRecStudent, batch: dict[str, torch.Tensor]) -> dict[str,
     return module.distillation_terms(batch)
 
 
+def loss_of(module: DRLRecStudent, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`training_step`'s loss with the same exploration as `terms_of`."""
+    module.explore_rng = SeededGenerator(123)
+    return module.training_step(batch, 0)
+
+
+def states_with_a_next_state(batch: dict[str, torch.Tensor]) -> int:
+    """Trained positions (holding an item) that are not their window's last."""
+    return int((batch["history"][:, :-1] > 0).sum())
+
+
 def test_frozen_teacher_gets_no_gradient_and_the_student_does(teacher_ckpt: Path) -> None:
     module = student(teacher_ckpt)
     teacher_before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
-    module.td_update(replay_batch()).backward()
+    loss_of(module, window_batch()).backward()
     assert all(not p.requires_grad and p.grad is None for p in module.teacher.parameters())
     assert all(p.grad is None for p in module.teacher_target.parameters())
     assert all(p.grad is not None for p in module.online.head.parameters())
@@ -80,10 +93,10 @@ def test_frozen_teacher_gets_no_gradient_and_the_student_does(teacher_ckpt: Path
     assert module.teacher not in [p for pair in module.target_pairs() for p in pair]
 
 
-def test_co_trained_teacher_learns_only_from_its_own_td_loss() -> None:
+def test_co_trained_teacher_learns_only_from_its_own_loss() -> None:
     module = student(None)  # no checkpoint: the teacher is co-trained from scratch
     assert module.co_train and module.teacher.encoder.dim == 16
-    terms = terms_of(module, replay_batch())
+    terms = terms_of(module, window_batch())
     teacher_params = list(module.teacher.parameters())
     distill_grads = torch.autograd.grad(terms["kl"] + terms["hint"], teacher_params, allow_unused=True, retain_graph=True)
     assert all(g is None for g in distill_grads)
@@ -93,22 +106,26 @@ def test_co_trained_teacher_learns_only_from_its_own_td_loss() -> None:
 
 
 def test_loss_is_the_weighted_sum_of_its_terms(teacher_ckpt: Path) -> None:
-    module, batch = student(teacher_ckpt), replay_batch()
+    module, batch = student(teacher_ckpt), window_batch()
     terms = terms_of(module, batch)
-    module.explore_rng = SeededGenerator(123)
-    loss = module.td_update(batch)
+    loss = loss_of(module, batch)
     assert loss.item() == pytest.approx((0.4 * terms["rl"] + 0.3 * terms["kl"] + 0.3 * terms["hint"]).item(), rel=1e-6)
     assert 3 <= terms["filtered_size"].item() <= 6  # top-3 of each network, de-duplicated
+    # the student's RL term is its own DQN loss on the windows
+    own = module.q_losses(batch["history"], batch["item"])
+    assert terms["rl"].item() == pytest.approx((module.ce_weight * own.ce + module.td_weight * own.td).item(), rel=1e-6)
+    # one confidence per trained state with a next state in its window
+    assert terms["confidence"].shape == (states_with_a_next_state(batch),)
 
 
 def test_ablation_flags_change_the_loss_as_expected(teacher_ckpt: Path) -> None:
-    batch = replay_batch()
+    batch = window_batch()
     full = terms_of(student(teacher_ckpt), batch)
-    assert set(full) == {"rl", "confidence", "filtered_size", "kl", "hint"}
+    assert set(full) == {"rl", "columns", "confidence", "filtered_size", "kl", "hint"}
 
     alone = student(None, distill=False)
-    assert alone.teacher is None and set(terms_of(alone, batch)) == {"rl"}
-    assert alone.td_update(batch).item() == pytest.approx(0.4 * terms_of(alone, batch)["rl"].item())
+    assert alone.teacher is None and set(terms_of(alone, batch)) == {"rl", "columns"}
+    assert loss_of(alone, batch).item() == pytest.approx(0.4 * terms_of(alone, batch)["rl"].item())
 
     no_kl = terms_of(student(teacher_ckpt, kl=False), batch)
     no_hint = terms_of(student(teacher_ckpt, hint=False), batch)
@@ -118,28 +135,33 @@ def test_ablation_flags_change_the_loss_as_expected(teacher_ckpt: Path) -> None:
     # confidence in [0, 1] with batch-max: the worst state weighs 0, and weighting only lowers the terms
     assert full["confidence"].min().item() == pytest.approx(0.0, abs=1e-4) and full["confidence"].max() <= 1
     unweighted = terms_of(student(teacher_ckpt, confidence=False), batch)
-    assert torch.equal(unweighted["confidence"], torch.ones(6))
+    assert torch.equal(unweighted["confidence"], torch.ones_like(full["confidence"]))
     assert unweighted["kl"] > full["kl"] and unweighted["hint"] > full["hint"]
 
     logged_lessons = terms_of(student(teacher_ckpt, explore_filter=False), batch)
-    assert "filtered_size" not in logged_lessons  # only the transition's own candidates are lessons
+    assert "filtered_size" not in logged_lessons  # only the training candidates are lessons
     assert logged_lessons["kl"] < full["kl"]  # the explored lessons add a KL term per state
     for terms in (no_kl, no_hint, unweighted, logged_lessons):
         assert torch.equal(terms["rl"], full["rl"])  # the flags never touch the student's own RL loss
 
 
 def test_confidence_weights_each_state_before_the_mean(teacher_ckpt: Path) -> None:
-    batch = replay_batch()
-    module = student(teacher_ckpt, explore_filter=False)  # lessons = the transition's candidates: no sampling
+    batch = window_batch(b=2)
+    module = student(teacher_ckpt, explore_filter=False)  # lessons = the training candidates
     module.confidence_fn = lambda delta: torch.zeros_like(delta)
-    terms = module.distillation_terms(batch)
+    terms = terms_of(module, batch)
     assert terms["kl"].item() == 0.0 and terms["hint"].item() == 0.0
-    module.confidence_fn = lambda delta: torch.nn.functional.one_hot(torch.tensor(2), 6).float()
-    weighted = module.distillation_terms(batch)
-    state_2 = student(teacher_ckpt, explore_filter=False, confidence=False).distillation_terms({k: v[2:3] for k, v in batch.items()})
-    # mean over the 6 states of c_i * loss_i with c = e_2
-    assert weighted["kl"].item() == pytest.approx(state_2["kl"].item() / 6, rel=1e-5)
-    assert weighted["hint"].item() == pytest.approx(state_2["hint"].item() / 6, rel=1e-5)
+    # mean over the S states of c_i * loss_i: one state at a time (c = e_i) adds up to the unweighted mean
+    states = states_with_a_next_state(batch)
+    unweighted = terms_of(student(teacher_ckpt, explore_filter=False, confidence=False), batch)
+    kl, hint = 0.0, 0.0
+    for i in range(states):
+        module.confidence_fn = lambda delta, i=i: torch.nn.functional.one_hot(torch.tensor(i), states).float()
+        one = terms_of(module, batch)
+        assert one["kl"] > 0 and one["hint"] > 0
+        kl, hint = kl + one["kl"].item(), hint + one["hint"].item()
+    assert kl == pytest.approx(unweighted["kl"].item(), rel=1e-5)
+    assert hint == pytest.approx(unweighted["hint"].item(), rel=1e-5)
 
 
 def test_teacher_checkpoint_must_hold_a_dqn(tmp_path: Path) -> None:
@@ -149,19 +171,21 @@ def test_teacher_checkpoint_must_hold_a_dqn(tmp_path: Path) -> None:
         student(bad)
 
 
-def test_teacher_must_fit_the_catalogue_and_the_hint_width(teacher_ckpt: Path) -> None:
+def test_teacher_must_fit_the_catalogue_the_width_and_the_history_length(teacher_ckpt: Path) -> None:
     with pytest.raises(ValueError, match="catalogue"):
         student(teacher_ckpt, num_items=NUM_ITEMS + 1)
-    with pytest.raises(ValueError, match="teacher_hint_dim=16"):
-        student(teacher_ckpt, teacher_hint_dim=64)
+    with pytest.raises(ValueError, match="teacher_dim=16"):
+        student(teacher_ckpt, teacher_dim=64)
+    with pytest.raises(ValueError, match="history_len"):
+        student(teacher_ckpt, history_len=HISTORY_LEN - 1)
 
 
 # ---------------------------------------------------------------------------- end to end through the CLI
 
+# windows of 5 items in batches of 12: 11 steps an epoch (a checkpoint at step 7 is mid-epoch)
 TINY_DATA = ["--data.synthetic_users=40", "--data.synthetic_items=60", "--data.synthetic_events_per_user=20",
-             "--data.batch_size=64", "--data.eval_ks=[1, 10, 20]"]
-TINY_RL = ["--model.init_args.num_envs=16", "--model.init_args.batch_size_rl=16", "--model.init_args.learning_starts=32",
-           "--model.init_args.buffer_size=512", "--model.init_args.full_ranking=false"]
+             "--data.history_len=5", "--data.batch_size=12", "--data.eval_ks=[1, 10, 20]"]
+TINY_RL = ["--model.init_args.full_ranking=false"]
 
 
 def tiny_config(tmp_path: Path, name: str, ckpt_dir: Path | None = None, every_n_steps: int = 1000, confidence: str = "batch_max") -> Path:
@@ -226,7 +250,7 @@ def random_teacher_for_tiny_data(tmp_path: Path) -> Path:
 
     options = dict(arg[len("--data.") :].split("=", 1) for arg in TINY_DATA)
     data = RecDataModule(**{k: yaml.safe_load(v) for k, v in options.items()}, cache_dir=str(tmp_path / "cache"))
-    teacher = DQN(num_items=data.num_items, num_users=data.num_users, double=True, dim=16, hint_dim=16, seed=3)
+    teacher = DQN(num_items=data.num_items, num_users=data.num_users, history_len=data.history_len, double=True, dim=16, seed=3)
     path = tmp_path / "teacher.ckpt"
     torch.save({"hyper_parameters": dict(teacher.hparams), "state_dict": teacher.state_dict()}, path)
     return path
@@ -235,11 +259,9 @@ def random_teacher_for_tiny_data(tmp_path: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("teacher", ["frozen", "co_trained"])
 def test_student_resumes_exactly_from_a_mid_epoch_checkpoint(tmp_path: Path, teacher: str) -> None:
-    common = ["--trainer.max_epochs=2", "--model.init_args.num_candidates=40", "--model.init_args.top_k=4", "--model.init_args.teacher_hint_dim=16"]
+    common = ["--trainer.max_epochs=2", "--model.init_args.num_candidates=40", "--model.init_args.top_k=4", "--model.init_args.teacher_dim=16"]
     if teacher == "frozen":
         common.append(f"--model.init_args.teacher_ckpt={random_teacher_for_tiny_data(tmp_path)}")
-    else:
-        common.append("--model.init_args.teacher_dim=16")
     for run in "abc":
         (tmp_path / run).mkdir()
     full = fit(tmp_path / "a", tiny_config(tmp_path / "a", "drlrec_student.yaml", confidence="exp"), *common)
