@@ -108,3 +108,15 @@ def test_replay_td_loss_double_dqn_bootstrap_is_lower_than_dqn_when_online_and_t
     # DQN: targets (1, 2, 1): (1-2)^2 + mean((0-1)^2, (0.5-1)^2); DDQN: targets (0.1, 1.1, 0.1)
     assert dqn.item() == pytest.approx(1.0 + (1.0 + 0.25) / 2)
     assert ddqn.item() == pytest.approx(0.01 + (0.01 + 0.16) / 2)
+
+
+def test_replay_td_loss_estimates_the_other_actions_on_sampled_columns():
+    q = torch.tensor([[0.2, 0.9, 5.0, 7.0]])
+    logged, everything, next_value = torch.tensor([1]), torch.tensor(True), torch.tensor([2.0])
+    # targets: logged 2, others 1. Columns {1, 2}: the logged column's draw is left out, so the others' mean is (5 - 1)^2
+    sampled = replay_td_loss(q, logged, everything, next_value, 0.5, "mse", others=torch.tensor([1, 2]))
+    assert sampled.item() == pytest.approx(1.21 + 16.0)
+    # every other column drawn: the exact mean over (0.2 - 1)^2, (5 - 1)^2, (7 - 1)^2
+    exact = replay_td_loss(q, logged, everything, next_value, 0.5, "mse")
+    assert exact.item() == pytest.approx(1.21 + (0.64 + 16.0 + 36.0) / 3)
+    assert replay_td_loss(q, logged, everything, next_value, 0.5, "mse", others=torch.tensor([0, 2, 3])).item() == pytest.approx(exact.item())
