@@ -139,27 +139,24 @@ def run_sequence(path: str) -> None:
 # ---------------------------------------------------------------------------------------- test side
 # (used by tests/conftest.py fixtures and the tests; nothing below runs in the children)
 
-# a small simulator: 60 users x 150 items (100 frozen negatives per held-out event still fit), ~420 train
-# events, batch 64: 7 train batches (= steps) per epoch, 2 epochs
+# a small simulator: 60 users x 150 items (100 frozen negatives per held-out event still fit), ~410 train
+# events in 98 training windows of 5 items, 15 windows a batch: 7 train batches (= steps) per epoch, 2 epochs
 DATA_ARGS = [
     "--data.synthetic_users=60", "--data.synthetic_items=150", "--data.synthetic_events_per_user=10",
-    "--data.batch_size=64", "--trainer.max_epochs=2", "--trainer.logger=false",
+    "--data.history_len=5", "--data.batch_size=15", "--trainer.max_epochs=2", "--trainer.logger=false",
     "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
 ]
 CHECKPOINT_EVERY = 4  # step 4 is mid first epoch, step 8 early in the second
-DQN_ARGS = [
-    "--model.init_args.num_envs=32", "--model.init_args.batch_size_rl=32", "--model.init_args.learning_starts=64",
-    "--model.init_args.buffer_size=512", "--model.init_args.epsilon_decay_steps=8",
-]
+SMALL_NETWORK = ["--model.init_args.dim=32"]
 # the method configs shrunk to seconds (every argument not named here is the config's)
 METHODS: dict[str, list[str]] = {
     "popularity": [],
     "linucb": [],
-    "seqrec": ["--model.init_args.dim=32", "--model.init_args.train_negatives=20"],
-    "dqn": DQN_ARGS,
-    "ddqn": DQN_ARGS,
-    "drlrec_teacher": DQN_ARGS,
-    "drlrec_student": [*DQN_ARGS, "--model.init_args.num_candidates=64"],
+    "seqrec": SMALL_NETWORK,
+    "dqn": SMALL_NETWORK,
+    "ddqn": SMALL_NETWORK,
+    "drlrec_teacher": [],
+    "drlrec_student": ["--model.init_args.num_candidates=64"],
     "a2c_f": [],
     "a2c_d": [],
     "dadrl": [],

@@ -62,8 +62,8 @@ def test_every_method_on_ddp_sim_evaluates_as_one_process(cli_runs, tmp_path: Pa
         assert double[1] == double[0], f"{method} test: rank 1 {double[1]} != rank 0 {double[0]}"
         assert val_figures(read_metrics(one / f"{method}.validate")[0]) == val_figures(references[method].metrics)
     # Popularity's counts are a sum over the train events: under DDP every rank counts every rank's clicks
-    # (the last global batch of an epoch is split unevenly, 14/13), so one DDP epoch counts what half of
-    # the 2-epoch 1-process fit counted
+    # (a global batch of 15 windows is split 7/8 between the ranks, and windows expand to unequal numbers of
+    # events), so one DDP epoch counts what half of the 2-epoch 1-process fit counted
     from lit_rec.checkpoints import load_checkpoint
 
     counts = {run: load_checkpoint(path)["state_dict"]["counts"]
