@@ -80,8 +80,17 @@ def test_predict_writes_unseen_top_k_per_user(tiny_run: tuple[Path, object]) -> 
         assert item_index[item] not in seen.tolist() and item_index[item] != 0
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread: the network is tiny, and on a shared 2-core machine more threads only oversubscribe (PITFALLS.md)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("softmax", ["full", "sampled"])
-def test_learns_next_items_on_a_deterministic_log(softmax: str) -> None:
+def test_learns_next_items_on_a_deterministic_log(softmax: str, one_torch_thread) -> None:
     # every user walks the catalogue in order: the next item is always last item + 1
     torch.manual_seed(0)
     num_items = 30
