@@ -68,7 +68,7 @@ class RecDataModule(L.LightningDataModule):
         history_len: int = 10,
         eval_ks: list[int] = [1, 10, 20, 50, 100],  # noqa: B006 - copied below; jsonargparse shows it
         train_negatives: int = 10,
-        batch_size: int = 256,
+        batch_size: int = 64,
         eval_batch_size: int = 1024,
         num_workers: int = 0,
         cache_dir: str | None = ".cache/lit_rec",
