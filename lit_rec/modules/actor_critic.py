@@ -47,7 +47,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lit_rec.federated import ArrivalModel, Clients, GaussianMechanism, Server, make_arrivals
 from lit_rec.functional.a2c import clip_rows, clip_scale, window_a2c_loss
-from lit_rec.functional.next_item import SOFTMAX, full_catalogue, greedy_hits, sampled_catalogue
+from lit_rec.functional.next_item import SOFTMAX, cross_entropy, full_catalogue, greedy_hits, sampled_catalogue
 from lit_rec.functional.staleness import resolve_stale_versions, staleness_weight
 from lit_rec.modules.base import RecModule
 from lit_rec.networks import ActorCritic, ActorHead, CriticHead, SeqEncoder
@@ -289,10 +289,14 @@ class ActorCriticRec(RecModule):
         else:
             assert self._log_q is not None
             columns = sampled_catalogue(query, item_table, data["targets"], data["negatives"], self._log_q)
-        log_probs = F.log_softmax(columns.logits(), dim=-1)
         mask = data["mask"]
+        logged = -cross_entropy(columns)  # the fused log-softmax: no (n, L, C) log-probability tensor kept
+        entropy = None
+        if self.entropy_coef > 0:
+            log_probs = F.log_softmax(columns.logits(), dim=-1)
+            entropy = -(log_probs.exp() * log_probs.masked_fill(log_probs == float("-inf"), 0.0)).sum(-1)
         loss, parts = window_a2c_loss(
-            log_probs, columns.target, values, mask, self.gamma, self.ce_weight, self.pg_weight, self.value_coef, self.entropy_coef
+            logged, values, mask, self.gamma, self.ce_weight, self.pg_weight, self.value_coef, self.entropy_coef, entropy
         )
         with torch.no_grad():
             hits = greedy_hits(columns.masked_scores(), columns.target, data["rivals"]) & mask

@@ -6,10 +6,11 @@ The algorithm, top to bottom (one `training_step` on a batch of training windows
 2. the target network does the same without gradient; the next state of position t is position
    t + 1 of the same window (replayed actions do not change states), so
    V(s_{t+1}) = max Q_target(s_{t+1}, .) (DQN) or Q_target(s_{t+1}, argmax Q_online(s_{t+1}, .)) (DDQN);
-3. the TD loss covers every competing action at once: in replay the reward of each is known
-   (1 for the logged item, 0 otherwise), so Q*(s_t, a) = 1[a logged] + gamma V(s_{t+1})
-   (`lit_rec.functional.td.replay_td_loss`); the last position of a window has no next state in it
-   and takes no TD term;
+3. the TD loss is the logged action's: Q(s_t, a_t) -> 1 + gamma V(s_{t+1}) (SQN's Q-learning on the
+   logged transition); `td_actions` > 0 adds that many unclicked actions a step with their replay
+   targets gamma V(s_{t+1}) (in replay every action's reward is known and actions do not change
+   states; `lit_rec.functional.td.replay_td_loss`). The last position of a window has no next state
+   in it and takes no TD term;
 4. the supervised term is the softmax cross-entropy of the logged item over the same Q-values (the
    demonstrations' large-margin term of DQfD, Hester et al. 2018, in its softmax form; SQN's
    supervised head shares the backbone, here it shares the head too, so the greedy policy is the
@@ -59,7 +60,7 @@ class DQN(RecModule):
         td_weight: float = 1.0,
         ce_weight: float = 1.0,
         loss: Literal["huber", "mse"] = "huber",
-        td_actions: int = 256,
+        td_actions: int = 0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         max_grad_norm: float = 5.0,
@@ -79,8 +80,8 @@ class DQN(RecModule):
         td_weight: weight of the TD loss.
         ce_weight: weight of the supervised cross-entropy over the Q-values (0: pure Q-learning).
         loss: TD loss: `huber` or `mse`.
-        td_actions: other actions per step (drawn uniformly, shared by the batch) whose TD errors estimate
-            the mean over the catalogue; 0: every action (exact, several times slower on a large catalogue).
+        td_actions: unclicked actions per step (drawn uniformly, shared by the batch) whose TD errors (target
+            gamma V(s'), reward 0) join the logged action's; 0: the logged action only (SQN).
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         max_grad_norm: gradient clipping by global norm (0 disables it).
@@ -159,11 +160,9 @@ class DQN(RecModule):
         td = td[has_next].mean() if bool(has_next.any()) else td.sum() * 0.0
         return QLosses(ce, td, columns, states, has_next, targets[where], where)
 
-    def td_sample(self, columns: Columns) -> Tensor | None:
-        """The `td_actions` columns (uniform, without replacement) whose TD errors stand for every other action; None: all."""
+    def td_sample(self, columns: Columns) -> Tensor:
+        """The `td_actions` unclicked columns (uniform, without replacement) whose TD errors join the logged action's (none for 0)."""
         count = columns.scores.shape[-1]
-        if self.td_actions == 0 or self.td_actions >= count:
-            return None
         g = self.rng.generator
         return torch.randperm(count, generator=g, device=g.device)[: self.td_actions].to(columns.scores.device)
 

@@ -117,6 +117,11 @@ def _window(p: list[float]) -> torch.Tensor:
     return probs.log()
 
 
+def _logged(log_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The log-probability `(1, L)` of each position's logged column."""
+    return log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+
+
 def test_window_a2c_loss_on_hand_numbers():
     # p_t = pi(logged | s_t), V = (0.3, 0.6, 1.0), gamma 0.5; the last position bootstraps: G_2 = V_2 = 1
     # G_1 = 0.25 + 0.5 * 1 = 0.75, G_0 = 0.5 + 0.5 * 0.75 = 0.875; A_t = 1 - p_t + G_t - V_t = (1.075, 0.9, 0.2)
@@ -125,7 +130,7 @@ def test_window_a2c_loss_on_hand_numbers():
     values = torch.tensor([[0.3, 0.6, 1.0]], dtype=torch.float64, requires_grad=True)
     target = torch.zeros(1, 3, dtype=torch.long)
     mask = torch.ones(1, 3, dtype=torch.bool)
-    loss, parts = window_a2c_loss(log_probs, target, values, mask, gamma=0.5, ce_weight=1.0, pg_weight=1.0, value_coef=0.5)
+    loss, parts = window_a2c_loss(_logged(log_probs, target), values, mask, gamma=0.5, ce_weight=1.0, pg_weight=1.0, value_coef=0.5)
     advantage = [1.075, 0.9, 0.2]
     policy = sum(-math.log(pt) * (1.0 + a) for pt, a in zip(p, advantage))
     value = 0.5 * ((0.875 - 0.3) ** 2 + (0.75 - 0.6) ** 2)  # the last position has no next state in the window: no value term
@@ -146,14 +151,14 @@ def test_window_a2c_weight_is_clamped_at_zero_and_masked_positions_do_not_count(
     values = torch.tensor([[0.3, 2.0, 1.0]], dtype=torch.float64)
     target = torch.zeros(1, 3, dtype=torch.long)
     mask = torch.ones(1, 3, dtype=torch.bool)
-    loss, parts = window_a2c_loss(log_probs, target, values, mask, gamma=0.5, ce_weight=0.0, pg_weight=1.0)
+    loss, parts = window_a2c_loss(_logged(log_probs, target), values, mask, gamma=0.5, ce_weight=0.0, pg_weight=1.0)
     # G_0 = 0.5 + 0.5 * 0.75 = 0.875: A_0 = 1.075; A_2 = 0.2
     assert parts["policy"].item() == pytest.approx(-math.log(0.5) * 1.075 - math.log(0.8) * 0.2)
     parts["policy"].sum().backward()
     assert torch.equal(log_probs.grad[0, 1], torch.zeros(2, dtype=torch.float64))  # no push away from the logged item
     # a padded first position (mask False) adds nothing to the policy, the value or the count
     masked = torch.tensor([[False, True, True]])
-    _, parts = window_a2c_loss(_window(p), target, values, masked, gamma=0.5, ce_weight=1.0, pg_weight=0.0)
+    _, parts = window_a2c_loss(_logged(_window(p), target), values, masked, gamma=0.5, ce_weight=1.0, pg_weight=0.0)
     assert parts["policy"].item() == pytest.approx(-math.log(0.25) - math.log(0.8))
     assert parts["value"].item() == pytest.approx(0.5 * (0.75 - 2.0) ** 2)
     assert parts["count"].item() == 2
@@ -164,7 +169,7 @@ def test_window_a2c_loss_of_a_window_with_a_pad_target_is_finite():
     log_probs = torch.log(torch.tensor([[[0.0, 1.0], [0.5, 0.5], [0.8, 0.2]]], dtype=torch.float64)).requires_grad_(True)
     values = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
     mask = torch.tensor([[False, True, True]])
-    loss, parts = window_a2c_loss(log_probs, torch.zeros(1, 3, dtype=torch.long), values, mask, gamma=0.5)
+    loss, parts = window_a2c_loss(_logged(log_probs, torch.zeros(1, 3, dtype=torch.long)), values, mask, gamma=0.5)
     assert torch.isfinite(loss).all() and torch.isfinite(parts["policy"]).all()
     loss.sum().backward()
     assert torch.isfinite(log_probs.grad).all() and torch.isfinite(values.grad).all()

@@ -92,7 +92,7 @@ def test_a_fresh_cohort_with_constant_weights_reproduces_a_synchronous_a2c_updat
         query, values = reference(data["history"])
         columns = full_catalogue(query, reference.net.encoder.item_embedding.weight, data["targets"])
         log_probs = F.log_softmax(columns.logits(), dim=-1)
-        loss, parts = window_a2c_loss(log_probs, columns.target, values, data["mask"], module.gamma, module.ce_weight,
+        loss, parts = window_a2c_loss(log_probs.gather(-1, columns.target.unsqueeze(-1)).squeeze(-1), values, data["mask"], module.gamma, module.ce_weight,
                                       module.pg_weight, module.value_coef, module.entropy_coef)
         assert parts["count"].tolist() == [2, 2, 5, 5, 5, 5]
         (loss / parts["count"]).mean().backward()

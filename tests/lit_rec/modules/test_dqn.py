@@ -97,10 +97,13 @@ def test_td_bootstraps_each_position_from_the_next_position_of_its_window(double
     computed = model.next_values(model.target, history, losses.where, losses.targets, losses.columns)
     assert torch.allclose(computed[losses.has_next], next_value[losses.has_next], atol=1e-5)
     assert not torch.allclose(next_value, q_online[1:].max(1).values, atol=1e-3)  # the target network's values
-    # the TD loss: every item's known reward (1 for the logged one) + gamma V(s'), over the positions with a next state
+    # the TD loss (td_actions 0, SQN): the logged item's reward 1 + gamma V(s'), over the positions with a next state
     logged = targets[rows, cols] - 1
-    td = replay_td_loss(q_online[:-1], logged[:-1], torch.tensor(True), next_value, 0.5, "mse")[losses.has_next].mean()
+    q_logged = q_online[:-1].gather(1, logged[:-1, None]).squeeze(1)
+    td = (q_logged - 1.0 - 0.5 * next_value).pow(2)[losses.has_next].mean()
     assert losses.td.item() == pytest.approx(td.item(), rel=1e-5)
+    none = torch.zeros(0, dtype=torch.long)
+    assert td.item() == pytest.approx(replay_td_loss(q_online[:-1], logged[:-1], torch.tensor(True), next_value, 0.5, "mse", none)[losses.has_next].mean().item(), rel=1e-6)
 
 
 def test_loss_is_ce_weight_ce_plus_td_weight_td_over_the_positions_with_an_item() -> None:

@@ -226,7 +226,8 @@ def test_teacher_then_student_fit_end_to_end(tmp_path: Path) -> None:
     metrics = cli.trainer.callback_metrics
     for key in ("distill/kl", "distill/hint", "distill/filtered_size", "distill/confidence_mean", "train/loss_rl"):
         assert key in metrics and torch.isfinite(metrics[key]), key
-    assert 5 <= metrics["distill/filtered_size"] <= 10
+    # at most top-k of each network; fewer than k when the explored set (drawn with replacement) repeats an item
+    assert 1 <= metrics["distill/filtered_size"] <= 10
     assert 0 <= metrics["distill/confidence_mean"] <= 1
     stats = model.model_stats
     assert stats["model/params"] == num_parameters(model.online) < stats["model/teacher_params"]
