@@ -33,7 +33,7 @@ class LinUCB(StatisticsModule):
     """Shared-parameter LinUCB (Li et al. 2010) choosing one of the logged item and random items.
 
     Features: item factors from a truncated SVD of the train interaction matrix, the state as the
-    mean factor of the history, their product, and the item's log-popularity. Each training step
+    mean factor of the last `context_len` items of the history, their product, and the item's log-popularity. Each training step
     the bandit picks the arm with the highest upper confidence bound, observes reward 1 if it is
     the logged item, and updates its statistics with the chosen arms only (bandit feedback).
     Evaluation is greedy (the mean, no exploration bonus).
@@ -45,6 +45,7 @@ class LinUCB(StatisticsModule):
         ridge: float = 1.0,
         rank: int = 16,
         train_negatives: int = 10,
+        context_len: int = 10,
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
@@ -53,9 +54,14 @@ class LinUCB(StatisticsModule):
         ridge: ridge regulariser lambda (A starts at lambda * I).
         rank: dimension of the SVD item factors.
         train_negatives: random items beside the logged one at each training decision.
+        context_len: most recent items of the history whose mean factor is the state (at most history_len);
+            the whole 50-item history of the MovieLens configs diluted it (BENCHMARKS.md, Learning).
         seed: seed of the SVD and of the training-time candidate sampler.
         """
         super().__init__(**kwargs)
+        if context_len < 1:
+            raise ValueError(f"context_len must be >= 1, got {context_len}")
+        self.context_len = context_len
         self.alpha = alpha
         self.rank = rank
         self.train_negatives = train_negatives
@@ -84,6 +90,7 @@ class LinUCB(StatisticsModule):
         return self.a_inv @ self.b
 
     def _state(self, history: Tensor) -> Tensor:
+        history = history[:, -self.context_len :]
         mask = (history > 0).unsqueeze(-1).float()
         return (self.item_factors[history] * mask).sum(1) / mask.sum(1).clamp_min(1)
 

@@ -69,3 +69,16 @@ def test_linucb_on_movielens_100k_clears_the_targets(tmp_path: Path) -> None:
     assert m["val/ctr@1"] > 0.7
     assert m["val/ctr@100"] > 0.03
     assert m["val/ctr@10"] >= m["val/pop_ctr@10"] - 0.02
+
+
+def test_the_state_is_the_mean_factor_of_the_last_context_len_items() -> None:
+    from lit_rec.modules.linucb import LinUCB
+
+    model = LinUCB(num_items=6, num_users=2, history_len=5, rank=2, context_len=2)
+    model.item_factors.copy_(torch.arange(14, dtype=torch.float32).view(7, 2))
+    history = torch.tensor([[1, 2, 3, 4, 5], [0, 0, 0, 0, 6], [6, 6, 6, 4, 5]])
+    # rows 0 and 2 share their last two items: older items do not move the state; PAD is left out of the mean
+    state = model._state(history)
+    assert torch.equal(state[0], state[2])
+    assert torch.equal(state[0], (model.item_factors[4] + model.item_factors[5]) / 2)
+    assert torch.equal(state[1], model.item_factors[6])
