@@ -1,9 +1,8 @@
-"""Advantage actor-critic math: n-step returns, the A2C loss, Gumbel-max actions, per-row gradient clipping."""
+"""Actor-critic math on training windows: n-step returns, the advantage-weighted loss, per-row gradient clipping."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -20,84 +19,6 @@ def nstep_returns(rewards: Tensor, bootstrap: Tensor, mask: Tensor, gamma: float
         running = torch.where(mask[..., t], rewards[..., t] + gamma * running, running)
         returns.append(running)
     return torch.stack(returns[::-1], dim=-1)
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of `x (..., T)` over the valid steps of the last dimension; 0 for a row without any."""
-    mask = mask.to(x.dtype)
-    return (x * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
-
-
-def a2c_loss(
-    logits: Tensor,
-    actions: Tensor,
-    values: Tensor,
-    returns: Tensor,
-    mask: Tensor,
-    value_coef: float = 0.5,
-    entropy_coef: float = 0.01,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """A2C loss per trajectory `(...,)`: policy gradient + value_coef * value loss - entropy_coef * entropy.
-
-    Shapes: `logits (..., T, C)`, `actions (..., T)` long, `values`, `returns`, `mask (..., T)`.
-    Each term is a mean over the trajectory's valid steps; the advantage `returns - values` is
-    detached in the policy term. Returns the loss and its parts (`policy`, `value`, `entropy`).
-    """
-    log_probs = F.log_softmax(logits, dim=-1)
-    taken = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    advantage = returns - values
-    policy = masked_mean(-taken * advantage.detach(), mask)
-    value = masked_mean(0.5 * advantage.pow(2), mask)
-    entropy = masked_mean(-(log_probs.exp() * log_probs).sum(-1), mask)
-    return _weighted_sum(policy, value, entropy, value_coef, entropy_coef)
-
-
-def expected_a2c_loss(
-    logits: Tensor,
-    candidate_rewards: Tensor,
-    values: Tensor,
-    bootstrap: Tensor,
-    mask: Tensor,
-    gamma: float,
-    value_coef: float = 0.5,
-    entropy_coef: float = 0.01,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """A2C loss per trajectory `(...,)` with the policy gradient summed over every candidate (Mean Actor-Critic).
-
-    In offline replay the reward of every candidate is known (`candidate_rewards (..., T, C)`) and
-    an action does not change later states, so `Q(s_t, a) = r_t(a) + γ G_{t+1}` for every `a`, where
-    `G` are n-step returns of the policy's expected rewards `Σ_a π(a|s) r(a)` bootstrapped from
-    `bootstrap (...,)`. The policy term is `-Σ_a π(a|s_t) (Q(s_t, a) - V(s_t))` (advantage
-    detached): the exact expectation of the sampled-action term, without its sampling noise.
-    The critic regresses `V(s_t)` on `G_t`. Returns the loss and its parts (`policy`, `value`, `entropy`).
-    """
-    log_probs = F.log_softmax(logits, dim=-1)
-    probs = log_probs.exp()
-    expected_reward = (probs.detach() * candidate_rewards).sum(-1)
-    returns = nstep_returns(expected_reward, bootstrap, mask, gamma)
-    future = returns - expected_reward  # γ G_{t+1}: the same whatever is chosen at t
-    advantage = candidate_rewards + (future - values).unsqueeze(-1)
-    policy = masked_mean(-(probs * advantage.detach()).sum(-1), mask)
-    value = masked_mean(0.5 * (returns - values).pow(2), mask)
-    entropy = masked_mean(-(probs * log_probs).sum(-1), mask)
-    return _weighted_sum(policy, value, entropy, value_coef, entropy_coef)
-
-
-def _weighted_sum(policy: Tensor, value: Tensor, entropy: Tensor, value_coef: float, entropy_coef: float) -> tuple[Tensor, dict[str, Tensor]]:
-    """The A2C loss `policy + value_coef * value - entropy_coef * entropy` and its parts."""
-    loss = policy + value_coef * value - entropy_coef * entropy
-    return loss, {"policy": policy, "value": value, "entropy": entropy}
-
-
-def gumbel_actions(logits: Tensor, gumbel: Tensor) -> Tensor:
-    """Samples from softmax(logits) with given standard Gumbel noise (Gumbel-max), `(..., C) -> (...)`."""
-    return (logits.detach() + gumbel).argmax(dim=-1)
-
-
-def standard_gumbel(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
-    """Standard Gumbel noise `-log(-log U)` drawn with `generator`."""
-    uniform = torch.rand(shape, generator=generator, device=generator.device).clamp(1e-10, 1.0 - 1e-7)
-    return -torch.log(-torch.log(uniform))
 
 
 def clip_scale(norms: Tensor, max_norm: float) -> Tensor:
