@@ -1,18 +1,22 @@
 """Training-step benchmark: the DQN module under the Lightning Trainer against a plain PyTorch loop doing the same work.
 
-`python bench/train_step.py [--quick]`. Both sides are configs/dqn.yaml's DQN (its `num_envs` and
-`batch_size_rl`, 256 each) on MovieLens-1M users 1-2999 (configs/data/ml1m.yaml, cached under
-.cache/lit_rec), built twice from the same seed through the CLI. One step is what
-`DQN.training_step` does: observe, act epsilon-greedily, step the replay environment, add the
-transitions to the replay buffer, then one TD update (sample 256, forward, backward, clip, Adam
-step), with the hard target update every 100 steps.
+`python bench/train_step.py [--quick]`. Both sides are configs/dqn.yaml's DQN on MovieLens-1M users
+1-2999 (configs/data/ml1m.yaml: batches of 128 training windows of `history_len` 50, cached under
+.cache/lit_rec), built twice from the same seed through the CLI. One step is what `DQN.training_step`
+does on one batch of windows from the datamodule's train loader: `q_losses` (the online network
+encodes every position and scores the catalogue, the target network gives V of the next position),
+`ce_weight * CE + td_weight * TD`, the `train/ctr` hits of the greedy policy against random rivals,
+then backward, clipping by `max_grad_norm`, an Adam step and the shipped target update
+(`callbacks.TargetNetworkUpdate`: soft, tau 0.05, every step).
 - Lightning: `Trainer.fit` with the shipped callbacks except ModelCheckpoint (no checkpoint files),
   no logger, no progress bar or model summary, no validation.
-- Plain: a `for` loop calling the same module's `act`/`td_update`, the same environment and replay
-  buffer classes, `loss.backward()`, `clip_grad_norm_` and `optimizer.step()`.
-First both run the same number of steps from scratch and must end with the same parameters (same
-batches, same updates). Then they are timed in interleaved blocks (Lightning, plain, Lightning, ...;
-each Lightning block a fresh `fit` on the warmed module); a block's rate is the steady state,
+- Plain: a `for` loop over the same datamodule's train loader calling the same module's `q_losses`,
+  `loss.backward()`, `clip_grad_norm_`, `optimizer.step()` and `callbacks.target_update.update_target`.
+First both run the same number of steps from scratch (the global torch seed reset before each, for
+dropout) and must end with bit-identical parameters (same batches, same updates, same random draws).
+Then they are timed in interleaved blocks (Lightning, plain, Lightning, ...; each Lightning block a
+fresh `fit` on the warmed module, each plain block a fresh pass of the loader from its first epoch,
+as a fresh fit starts); a block's rate is the steady state,
 measured from the start of its third step to the start of its last, so it counts every per-step
 cost (loader, hooks, logging) but not the one-off `fit` start-up, which is reported apart
 (`fit_startup_s`). Medians over blocks; torch and Polars on one thread. `overhead` is from wall
@@ -52,14 +56,12 @@ sys.path.insert(0, str(ROOT))
 
 from callbacks.target_update import update_target  # noqa: E402
 from lit_rec.cli import make_cli  # noqa: E402
-from lit_rec.functional.td import epsilon_at  # noqa: E402
-from lit_rec.modules.dqn import ENVIRONMENTS  # noqa: E402
-from lit_rec.replay_buffer import ReplayBuffer  # noqa: E402
+from lit_rec.functional.next_item import greedy_hits, random_rivals  # noqa: E402
 
 DATA_CONFIG, DATA_PATH, MODEL_CONFIG = "configs/data/ml1m.yaml", "../shared/data/ml-1m-users1-2999", "configs/dqn.yaml"
 TARGET_OVERHEAD = 0.10
 WARMUP = 2  # steps of each block before the clock starts
-SETTINGS = {"quick": {"check_steps": 110, "block": 40, "blocks": 3}, "full": {"check_steps": 250, "block": 150, "blocks": 7}}
+SETTINGS = {"quick": {"check_steps": 12, "block": 15, "blocks": 3}, "full": {"check_steps": 50, "block": 50, "blocks": 7}}  # ML-1M: 44 batches an epoch
 
 
 def log(message: str) -> None:
@@ -122,51 +124,51 @@ def lightning_block(cli: Any, steps: int, callbacks: list[dict[str, Any]], work:
 
 
 class PlainLoop:
-    """The DQN training step as a plain PyTorch loop over the same module's networks, environment and buffer."""
+    """The DQN training step as a plain PyTorch loop over the same module's networks and the same datamodule's batches."""
 
-    def __init__(self, model: Any, tensors: Any, target_every: int) -> None:
-        self.model = model
-        self.env = ENVIRONMENTS[model.env_name](tensors, model.num_envs, model.train_negatives, model.seed, "cpu")
-        self.buffer = ReplayBuffer(model.buffer_size, model.history_len, 1 + model.train_negatives, "cpu")
+    def __init__(self, model: Any, datamodule: Any, target_every: int, tau: float) -> None:
+        self.model, self.datamodule = model, datamodule
+        model.training_softmax.fit(datamodule.tensors.item_popularity)  # what DQN.setup does for training
         self.optimizer = model.configure_optimizers()
-        self.target_every = target_every
+        self.rivals = max(1, int(datamodule.train_negatives))  # RecModule.num_rivals
+        self.target_every, self.tau = target_every, tau
         self.steps = 0
         self.starts: list[float] = []
         self.cpu_starts: list[float] = []
 
-    def step(self) -> None:
-        """Observe, act, step, store; one TD update (forward, backward, clip, step); hard target update on schedule."""
+    def step(self, batch: dict[str, torch.Tensor]) -> None:
+        """Losses and train CTR (as `DQN.training_step`), backward, clip, Adam step; the target update on schedule."""
         self.starts.append(time.perf_counter())
         self.cpu_starts.append(time.process_time())
         m = self.model
-        epsilon = epsilon_at(self.steps, m.epsilon_start, m.epsilon_end, m.epsilon_decay_steps)
-        state = self.env.observe()
-        action = m.act(state["history"], state["candidates"], epsilon)
-        reward, done = self.env.step(action)
-        next_state = self.env.observe()
-        self.buffer.add({"history": state["history"], "candidates": state["candidates"], "action": action, "reward": reward,
-                         "next_history": next_state["history"], "next_candidates": next_state["candidates"], "done": done})
-        learn = len(self.buffer) >= m.learning_starts and self.steps % m.train_freq == 0
-        for _ in range(m.updates_per_step):
-            self.optimizer.zero_grad(set_to_none=True)
-            if learn:
-                loss = m.td_update(self.buffer.sample(m.batch_size_rl, m.replay_rng.generator))
-                loss.backward()
-                if m.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(m.online.parameters(), m.max_grad_norm)
-                self.loss = loss.detach()
-            self.optimizer.step()
-        self.ctr = reward.float().mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = m.q_losses(batch["history"], batch["item"])
+        loss = m.ce_weight * losses.ce + m.td_weight * losses.td
+        columns = losses.columns  # train/ctr as `log_window_ctr` computes it (the same draws from the module's generator)
+        hits = greedy_hits(columns.masked_scores().detach(), columns.target, random_rivals(columns, self.rivals, m.rng.generator))
+        self.ctr = hits.float().mean()
+        loss.backward()
+        if m.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(m.online.parameters(), m.max_grad_norm)
+        self.optimizer.step()
+        self.loss = loss.detach()
         self.steps += 1
         if self.steps % self.target_every == 0:
-            update_target(m.online, m.target, 1.0)
+            update_target(m.online, m.target, self.tau)
 
     def run(self, steps: int) -> None:
-        """`steps` steps."""
-        m = self.model
-        m.train()
-        for _ in range(steps):
-            self.step()
+        """`steps` steps from a fresh train loader (epoch 0, then the next epochs), as a fresh `fit` sees them.
+
+        The modules keep their train/eval modes, as under `Trainer.fit` (Lightning 2.6 calls no `train()` at the
+        start of a fit), so both sides apply dropout in the same submodules."""
+        loader = self.datamodule.train_dataloader()
+        done = 0
+        while done < steps:
+            for batch in loader:
+                self.step(batch)
+                done += 1
+                if done == steps:
+                    break
 
 
 def steady_rate(starts: list[float]) -> float:
@@ -200,21 +202,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_train_step_") as tmp:
         work = Path(tmp)
         config, callbacks = shipped_spec(work, args.seed)
-        target_every = next(int(c["init_args"]["every_n_steps"]) for c in callbacks if c["class_path"].endswith("TargetNetworkUpdate"))
+        update = next(c.get("init_args") or {} for c in callbacks if c["class_path"].endswith("TargetNetworkUpdate"))
+        target_every = int(update.get("every_n_steps", 100))
+        tau = 1.0 if update.get("mode", "hard") == "hard" else float(update.get("tau", 0.005))
         lightning_cli, plain_cli = build(config), build(config)
-        plain = PlainLoop(plain_cli.model, plain_cli.datamodule.tensors, target_every)
-        model = lightning_cli.model
-        log(f"{type(model).__name__}: num_envs {model.num_envs}, batch_size_rl {model.batch_size_rl}, "
-            f"{sum(p.numel() for p in model.online.parameters())} parameters; callbacks "
-            f"{[c['class_path'].rsplit('.', 1)[-1] for c in callbacks]}")
+        plain = PlainLoop(plain_cli.model, plain_cli.datamodule, target_every, tau)
+        model, datamodule = lightning_cli.model, lightning_cli.datamodule
+        log(f"{type(model).__name__}: batch_size {datamodule.batch_size} windows of history_len {model.history_len}, "
+            f"{sum(p.numel() for p in model.online.parameters())} parameters, target update tau {tau} every {target_every} "
+            f"steps; callbacks {[c['class_path'].rsplit('.', 1)[-1] for c in callbacks]}")
 
         # the same work: after the same steps from the same seed, the same parameters
         check = setting["check_steps"]
+        torch.manual_seed(args.seed)  # dropout draws from the global generator
         lightning_block(lightning_cli, check, callbacks, work)
+        torch.manual_seed(args.seed)
         plain.run(check)
         difference = max(max_difference(model.online, plain.model.online), max_difference(model.target, plain.model.target))
         log(f"after {check} steps each: max |parameter difference| = {difference:.3g}")
-        if difference > 1e-5:
+        if difference != 0:  # same batches, same random draws, same kernels: bit-identical
             sys.exit(f"bench/train_step.py: Lightning and plain loops diverged after {check} steps (max diff {difference})")
 
         rates: dict[str, list[float]] = {"lightning": [], "plain": []}
@@ -244,8 +250,9 @@ def main() -> None:
         "bench": "train_step",
         "data": DATA_PATH,
         "model": f"{MODEL_CONFIG} (DQN)",
-        "batch_size_rl": model.batch_size_rl,
-        "num_envs": model.num_envs,
+        "batch_size": datamodule.batch_size,
+        "history_len": model.history_len,
+        "target_update": {"tau": tau, "every_n_steps": target_every},
         "threads": {"torch": torch.get_num_threads(), "polars": int(os.environ["POLARS_MAX_THREADS"])},
         "timing": f"median of {blocks} interleaved blocks of {block} steps per side (steady state, from step {WARMUP + 1})",
         "same_parameters_after_steps": check,
