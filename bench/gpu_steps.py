@@ -8,8 +8,9 @@ no validation, no progress bar). Sides, each its own module (a module is never m
 - `cpu_all`: the CPU with every core;
 - `cuda_fp32`: one GPU, `precision="32-true"`;
 - `cuda_bf16`: one GPU, `precision="bf16-mixed"` (autocast; what configs/trainer/gpu.yaml ships).
-Scale `s` multiplies the batch: DQN `num_envs` and `batch_size_rl` (256 shipped), DADRL `data.batch_size`
-(80 shipped, so the cohort grows with it). Each side first runs a warm-up fit, then timed fits in
+Scale `s` multiplies the data's `--data.batch_size` (training windows per batch; the synthetic default's
+`SHIPPED_BATCH`): DQN trains on `s` times the windows a step, DADRL's cohort grows with it (cohort_size null:
+the batch size / local_steps). Each side first runs a warm-up fit, then timed fits in
 interleaved rounds (the order rotates each round); a fit's rate is the steady state from the start of
 its third step to the start of its last, with the GPU synchronised at each step start. Medians over
 rounds. Without CUDA the GPU sides are skipped (the script still checks its CPU sides run).
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import statistics
@@ -39,12 +41,14 @@ import yaml  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from datamodules.datamodule import RecDataModule  # noqa: E402
 from lit_rec.cli import make_cli  # noqa: E402
 from train_step import StepClock, shipped_callbacks, steady_rate  # noqa: E402 - bench/train_step.py, beside this file
 
-METHODS = {
-    "DQN": ("configs/dqn.yaml", lambda s: [f"--model.init_args.num_envs={256 * s}", f"--model.init_args.batch_size_rl={256 * s}"]),
-    "DADRL": ("configs/dadrl.yaml", lambda s: [f"--data.batch_size={80 * s}"]),
+SHIPPED_BATCH = int(inspect.signature(RecDataModule.__init__).parameters["batch_size"].default)  # the default data's windows a batch
+METHODS = {  # name: (config, CLI arguments of scale s)
+    "DQN": ("configs/dqn.yaml", lambda s: [f"--data.batch_size={SHIPPED_BATCH * s}"]),
+    "DADRL": ("configs/dadrl.yaml", lambda s: [f"--data.batch_size={SHIPPED_BATCH * s}"]),
 }
 SIDES = {  # name: (accelerator, precision, torch threads; 0 = every core)
     "cpu_1t": ("cpu", "32-true", 1),
@@ -148,7 +152,7 @@ def main() -> None:
                 key = f"x{scale}"
                 built = {side: Side(method, scale, side, Path(tmp), args.seed) for side in sides}
                 for side, run in built.items():
-                    run.fit(setting["block"])  # warm-up: kernels, allocator, replay buffer filled
+                    run.fit(setting["block"])  # warm-up: kernels, allocator
                 for r in range(setting["rounds"]):
                     order = sides[r % len(sides):] + sides[: r % len(sides)]
                     for side in order:
