@@ -2,8 +2,8 @@
 
 `python bench/dadrl_ablation.py --suite ablation` trains the shipped `configs/dadrl.yaml` on
 MovieLens-100K and one variant per switched-off component (staleness weighting, personalisation,
-max_staleness 0 / 8 / 32, exponential instead of session arrivals, the sampled-action policy
-gradient, the small entropy bonus, Poisson cohorts with differential privacy); `--suite ml1m` trains DADRL,
+max_staleness 0 / 8 / 32, session instead of exponential arrivals, the advantage term of the actor's
+loss (`pg_weight=0`: supervised actor only), the small entropy bonus, Poisson cohorts with differential privacy); `--suite ml1m` trains DADRL,
 A2C-F and A2C-D on MovieLens-1M users 1-2999. Every run has the same budget (`--epochs`), one
 torch thread, and is a subprocess of its own (`--jobs` at once). Each reports the test CTR@k,
 AUC, its last validation CTR@k and the mean staleness it trained with. Progress goes to stderr,
@@ -40,8 +40,8 @@ SUITES: dict[str, tuple[str, dict[str, tuple[str, list[str]]]]] = {
             "max_staleness 0": ("configs/dadrl.yaml", ["--model.init_args.max_staleness=0"]),
             "max_staleness 8": ("configs/dadrl.yaml", ["--model.init_args.max_staleness=8"]),
             "max_staleness 32": ("configs/dadrl.yaml", ["--model.init_args.max_staleness=32"]),
-            "exponential arrivals": ("configs/dadrl.yaml", ["--model.init_args.arrival=exponential"]),
-            "sampled-action policy gradient": ("configs/dadrl.yaml", ["--model.init_args.policy_gradient=sampled"]),
+            "sessions arrivals": ("configs/dadrl.yaml", ["--model.init_args.arrival=sessions"]),
+            "supervised actor only (pg_weight 0)": ("configs/dadrl.yaml", ["--model.init_args.pg_weight=0"]),
             "entropy bonus 0.01": ("configs/dadrl.yaml", ["--model.init_args.entropy_coef=0.01"]),
             "poisson arrivals + DP (sigma 1)": ("configs/dadrl.yaml", ["--model.init_args.arrival=poisson", "--model.init_args.dp_noise_multiplier=1.0"]),
         },
