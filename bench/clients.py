@@ -3,9 +3,10 @@
 `python bench/clients.py [--quick]`. Each client count runs in its own subprocess (so each peak RSS
 is its own): synthetic data with that many users (one client per user; a fixed catalogue of
 `ITEMS` Zipf-popular items; lognormal activity, about `MEAN_EVENTS` train events per client), and
-configs/dadrl.yaml's module (`lit_rec.modules.actor_critic.ActorCriticRec`, mode dadrl: sessions
-arrivals, polynomial staleness weights, private user vectors, clamp policy) with the same cohort
-size at every count (the shipped one: the config's data batch size // t_max), trained under
+configs/dadrl.yaml's module (`lit_rec.modules.actor_critic.ActorCriticRec`, mode dadrl: polynomial
+staleness weights, private user vectors, clamp policy; each client replays windows of `t_max` =
+`HISTORY_LEN` events) with the same cohort size at every count (the shipped one: the data's batch size
+// local_steps, the data module's default batch size where the config sets none), trained under
 the Lightning Trainer (no logger, checkpoints or validation; StalenessCallback on). Steps/s is the
 steady state after `WARMUP` steps. The counts run in turn, `--rounds` times (interleaved: 1k, 10k,
 100k, 1k, ...); medians per count. torch and Polars on one thread.
@@ -21,10 +22,8 @@ with the events, not with the federation); `rss_after_data_mb` the RSS once they
 temporaries handed back with malloc_trim); `train_peak_mb` the peak from then on (VmHWM reset via
 /proc/self/clear_refs) and `training_rss_mb` = train_peak - rss_after_data, what building the
 federation and training add; `client_state_bytes_per_client` the bytes of per-client tensors the
-module holds (the Clients table, the arrival model's per-client arrays, the candidate sampler's
-per-user offsets), of which `private_bytes_per_client` the private user vectors; `sampler_index_mb`
-the candidate sampler's index over distinct (user, item) pairs (it grows with the events, like the data);
-`rss_growth_beyond_data_bytes_per_client` = (peak RSS growth - data growth) / added clients. Progress goes to stderr; the JSON object is the last line of stdout.
+module holds (the Clients table, the arrival model's per-client arrays), of which
+`private_bytes_per_client` the private user vectors; `rss_growth_beyond_data_bytes_per_client` = (peak RSS growth - data growth) / added clients. Progress goes to stderr; the JSON object is the last line of stdout.
 """
 
 from __future__ import annotations
@@ -148,11 +147,11 @@ def tensor_mb(tensors: Any) -> float:
 
 
 def client_state_bytes(model: Any) -> int:
-    """Bytes of the per-client tensors the module keeps (clients, arrival model, sampler offsets)."""
+    """Bytes of the per-client tensors the module keeps (clients, arrival model)."""
     import torch
 
     n, total = model.clients.num_clients, 0
-    for owner in (model.clients, model.arrivals, model.negatives):
+    for owner in (model.clients, model.arrivals):
         for value in vars(owner).values():
             if isinstance(value, torch.Tensor) and value.shape[:1] == (n,):
                 total += value.numel() * value.element_size()
@@ -163,13 +162,20 @@ PROTOCOL = "@@"  # prefix of the worker's protocol lines on stdout (anything els
 
 
 def shipped_cohort() -> tuple[dict[str, Any], int, int]:
-    """configs/dadrl.yaml's model arguments, its data batch size, and its cohort size (explicit, or batch // (t_max * local_steps))."""
+    """configs/dadrl.yaml's model arguments, its data batch size (the data module's default where it sets none),
+    and its cohort size (explicit, or batch // local_steps, as `ActorCriticRec` takes it)."""
+    import inspect
+
     import yaml
+
+    sys.path.insert(0, str(ROOT))
+    from datamodules.datamodule import RecDataModule
 
     spec = yaml.safe_load((ROOT / MODEL_CONFIG).read_text())
     model = spec["model"]["init_args"]
-    batch = int((spec.get("data") or {}).get("batch_size", 256))
-    cohort = model.get("cohort_size") or max(1, batch // (int(model.get("t_max", 5)) * int(model.get("local_steps", 1))))
+    default_batch = inspect.signature(RecDataModule.__init__).parameters["batch_size"].default
+    batch = int((spec.get("data") or {}).get("batch_size", default_batch))
+    cohort = model.get("cohort_size") or max(1, batch // int(model.get("local_steps") or 1))
     return model, batch, int(cohort)
 
 
@@ -219,7 +225,7 @@ def worker(num_clients: int, block: int, blocks: int, arrival: str, seed: int) -
 
     spec.update(cohort_size=cohort, arrival=arrival, seed=seed)
     torch.manual_seed(seed)
-    model = ActorCriticRec(**spec, num_items=ITEMS, num_users=num_clients, full_ranking=False)
+    model = ActorCriticRec(**spec, num_items=ITEMS, num_users=num_clients, history_len=HISTORY_LEN, full_ranking=False)
     staleness: list[float] = []
     versions: list[int] = []
     boundaries = {0, *(WARMUP + i * block for i in range(blocks))}
@@ -270,8 +276,6 @@ def worker(num_clients: int, block: int, blocks: int, arrival: str, seed: int) -
         train_peak_mb=peak_since_reset_mb() if peak_reset else None,
         data_mb=tensor_mb(tensors),
         client_state_bytes=client_state_bytes(model),
-        sampler_index_mb=sum(t.numel() * t.element_size() for t in vars(model.negatives).values()
-                             if isinstance(t, torch.Tensor) and t.shape[:1] != (num_clients,)) / 2**20,
         private_bytes=model.clients.private.numel() * model.clients.private.element_size() if model.clients.private is not None else 0,
     )
 
@@ -355,7 +359,6 @@ def summary(rows: dict[int, dict[str, Any]]) -> dict[str, Any]:
         "rss_growth_beyond_data_bytes_per_client": round((growth - data_growth) * 2**20 / (large - small), 1),
         "client_state_bytes_per_client": round(rows[large]["client_state_bytes"] / large, 1),
         "private_bytes_per_client": round(rows[large]["private_bytes"] / large, 1),
-        "sampler_index_mb": {str(c): round(r["sampler_index_mb"], 1) for c, r in rows.items()},
         "mean_staleness": {str(c): round(r["mean_staleness"], 2) for c, r in rows.items()},
         "distinct_versions_per_step": {str(c): round(r["distinct_versions_per_step"], 2) for c, r in rows.items()},
         "events": {str(c): r["events"] for c, r in rows.items()},
