@@ -109,7 +109,7 @@ class DQN(RecModule):
         with torch.random.fork_rng(devices=[]):  # the initialisation depends on `seed` only
             torch.manual_seed(seed)
             self.online = self.build_network(dim, num_heads, num_layers, dropout, item_init_std)
-        self.target = copy.deepcopy(self.online).requires_grad_(False)
+        self.target = copy.deepcopy(self.online).requires_grad_(False).eval()  # Lightning does not call train() at fit start
         self.rng = SeededGenerator(seed + 1)
 
     def build_network(self, dim: int, num_heads: int, num_layers: int, dropout: float, item_init_std: float) -> QNetwork:
