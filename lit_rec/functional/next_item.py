@@ -129,12 +129,19 @@ class TrainingSoftmax:
         counts[0] = 0.0
         self.sampling_probability = (counts / counts.sum()).float()
 
+    def negatives(self, generator: torch.Generator) -> Tensor:
+        """`sampled_negatives` items `(M,)` drawn from the train popularity (with replacement)."""
+        assert self.sampling_probability is not None, "TrainingSoftmax.fit(item_popularity) comes first"
+        probability = self.sampling_probability.to(generator.device)
+        return torch.multinomial(probability, self.sampled_negatives, replacement=True, generator=generator)
+
+    def log_q(self, device: torch.device) -> Tensor:
+        """The logQ correction of every item id `(num_items + 1,)`: log of its expected draws in a sample."""
+        assert self.sampling_probability is not None, "TrainingSoftmax.fit(item_popularity) comes first"
+        return torch.log(self.sampling_probability.to(device).clamp_min(1e-12) * self.sampled_negatives)
+
     def columns(self, query: Tensor, item_table: Tensor, targets: Tensor, generator: torch.Generator) -> Columns:
         """Training columns of head-transformed states `query (..., D)` for the logged `targets (...)`."""
         if self.softmax == "full":
             return full_catalogue(query, item_table, targets)
-        assert self.sampling_probability is not None, "TrainingSoftmax.fit(item_popularity) comes first"
-        probability = self.sampling_probability.to(generator.device)
-        negatives = torch.multinomial(probability, self.sampled_negatives, replacement=True, generator=generator).to(query.device)
-        log_q = torch.log(self.sampling_probability.to(query.device).clamp_min(1e-12) * self.sampled_negatives)
-        return sampled_catalogue(query, item_table, targets, negatives, log_q)
+        return sampled_catalogue(query, item_table, targets, self.negatives(generator).to(query.device), self.log_q(query.device))

@@ -47,7 +47,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lit_rec.federated import ArrivalModel, Clients, GaussianMechanism, Server, make_arrivals
 from lit_rec.functional.a2c import clip_rows, clip_scale, window_a2c_loss
-from lit_rec.functional.next_item import SOFTMAX, cross_entropy, full_catalogue, greedy_hits, sampled_catalogue
+from lit_rec.functional.next_item import TrainingSoftmax, cross_entropy, full_catalogue, greedy_hits, sampled_catalogue
 from lit_rec.functional.staleness import resolve_stale_versions, staleness_weight
 from lit_rec.modules.base import RecModule
 from lit_rec.networks import ActorCritic, ActorHead, CriticHead, SeqEncoder
@@ -189,8 +189,6 @@ class ActorCriticRec(RecModule):
         t_max = self.history_len if t_max is None else t_max
         if not 1 <= t_max <= self.history_len:
             raise ValueError(f"t_max must be in 1..history_len={self.history_len} (one window per rollout), got {t_max}")
-        if softmax not in SOFTMAX:
-            raise ValueError(f"softmax must be one of {SOFTMAX}, got {softmax!r}")
         self.save_hyperparameters(ignore=["num_items", "num_users", "eval_ks", "full_ranking", "eval_chunk_size"])
         self.automatic_optimization = False
         self.mode, self.personalization, self.arrival_kind = mode, personalization, arrival
@@ -202,7 +200,7 @@ class ActorCriticRec(RecModule):
         self.max_staleness, self.stale_policy = max_staleness, stale_policy
         self.local_steps, self.client_lr, self.client_chunk = local_steps, client_lr, client_chunk
         self.dim, self.dropout, self.seed = dim, dropout, seed
-        self.softmax, self.sampled_negatives = softmax, sampled_negatives
+        self.training_softmax = TrainingSoftmax(softmax, sampled_negatives)
         self.dp_noise_multiplier, self.dp_delta = dp_noise_multiplier, dp_delta
         with torch.random.fork_rng(devices=[]):  # the initialisation depends on `seed` only
             torch.manual_seed(seed)
@@ -216,7 +214,7 @@ class ActorCriticRec(RecModule):
         self.arrivals: ArrivalModel | None = None
         self.server: Server | None = None
         self._pending_state: dict[str, Any] | None = None
-        self._log_q: Tensor | None = None
+        self._log_q: Tensor | None = None  # the sampled softmax's correction on the module's device
         self.federated_stats: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ setup
@@ -233,10 +231,8 @@ class ActorCriticRec(RecModule):
         tensors, device = self.tensors, self.device
         self.clients = Clients(tensors.train_offsets.to(device), self.dim if self.personalization else 0, self.private_lr)
         self._train_history, self._train_item = tensors.train.history.to(device), tensors.train.item.to(device)
-        counts = tensors.item_popularity.double() + 1.0
-        counts[0] = 0.0
-        self._sampling_probability = (counts / counts.sum()).float()
-        self._log_q = torch.log((self._sampling_probability * self.sampled_negatives).clamp_min(1e-12)).to(device)
+        self.training_softmax.fit(tensors.item_popularity)
+        self._log_q = self.training_softmax.log_q(device)
         cohort = self.cohort_size
         if cohort is None:
             batch = getattr(self.trainer.datamodule, "batch_size", 256)
@@ -284,7 +280,7 @@ class ActorCriticRec(RecModule):
         params = self._params(flat)
         query, values = functional_call(self.policy, params, (data["history"], user_vector))
         item_table = params["net.encoder.item_embedding.weight"]
-        if self.softmax == "full":
+        if self.training_softmax.softmax == "full":
             columns = full_catalogue(query, item_table, data["targets"])
         else:
             assert self._log_q is not None
@@ -338,10 +334,9 @@ class ActorCriticRec(RecModule):
         data = {"history": history, "targets": targets, "mask": counted & (history > 0)}
         rivals = torch.randint(0, self.num_items, (n, self.local_steps, length, max(1, self.num_rivals)), generator=g, device=g.device)
         data["rivals"] = rivals.to(self.device)
-        if self.softmax == "sampled":
-            negatives = torch.multinomial(self._sampling_probability.to(g.device), self.sampled_negatives, replacement=True, generator=g)
-            data["negatives"] = negatives.to(self.device)
-            data["rivals"] = torch.randint(0, self.sampled_negatives + 1, data["rivals"].shape, generator=g, device=g.device).to(self.device)
+        if self.training_softmax.softmax == "sampled":
+            data["negatives"] = self.training_softmax.negatives(g).to(self.device)
+            data["rivals"] = torch.randint(0, self.training_softmax.sampled_negatives + 1, data["rivals"].shape, generator=g, device=g.device).to(self.device)
         else:
             data["negatives"] = torch.zeros(0, dtype=torch.long, device=self.device)
         return data
