@@ -43,7 +43,7 @@ SUITES: dict[str, tuple[str, dict[str, tuple[str, list[str]]]]] = {
             "sessions arrivals": ("configs/dadrl.yaml", ["--model.init_args.arrival=sessions"]),
             "supervised actor only (pg_weight 0)": ("configs/dadrl.yaml", ["--model.init_args.pg_weight=0"]),
             "entropy bonus 0.01": ("configs/dadrl.yaml", ["--model.init_args.entropy_coef=0.01"]),
-            "poisson arrivals + DP (sigma 1)": ("configs/dadrl.yaml", ["--model.init_args.arrival=poisson", "--model.init_args.dp_noise_multiplier=1.0"]),
+            "poisson arrivals + DP (sigma 1)": ("configs/dadrl.yaml", ["--model.init_args.arrival=poisson", "--model.init_args.dp_noise_multiplier=1.0", "--model.init_args.clip_norm=5.0", "--model.init_args.aggregation=clients"]),
         },
     ),
     "ml1m": (

@@ -29,9 +29,10 @@ class Server:
 
     Clients hand in `receive(gradients (n, P), base_version (n,))`: flat gradients (or any update
     direction, such as FedAvg's model deltas) computed on the stored version `base_version`. The
-    server weights each by s(Δ), Δ = version - base_version, sums them, and `step()` applies
-    `Σ s_i g_i / Σ s_i` with the step size multiplied by the mean weight `Σ s_i / n` (Adam ignores a
-    gradient's scale, so the weights must reach the step size). Under torch.distributed the sums
+    server weights each by s(Δ), Δ = version - base_version, and by its share n_i (1, or the events
+    it averages: FedAvg's n_k), sums them, and `step()` applies `Σ s_i n_i g_i / Σ s_i n_i` with the
+    step size multiplied by the mean weight `Σ s_i n_i / Σ n_i` (Adam ignores a gradient's scale, so
+    the weights must reach the step size). Under torch.distributed the sums
     are all-reduced, so every rank takes the identical step. Nothing else enters the server:
     no client ids, no data, no private parameters.
     """
@@ -68,6 +69,7 @@ class Server:
         self.buffer = VersionBuffer(max_staleness + 1, self.num_params, reference.dtype, reference.device)
         self._weighted_sum = torch.zeros(self.num_params, dtype=reference.dtype, device=reference.device)
         self._weight_total = 0.0
+        self._share_total = 0.0
         self._count = 0
 
     # ------------------------------------------------------------------ versions (downloads)
@@ -97,28 +99,44 @@ class Server:
         return self.buffer.get(version)
 
     # ------------------------------------------------------------------ updates
-    def receive(self, gradients: Tensor, base_version: Tensor) -> Tensor:
-        """Buffers the weighted sum of client gradients `(n, P)` computed on `base_version (n,)`; returns the weights `(n,)`."""
-        assert gradients.dim() == 2 and gradients.shape == (base_version.numel(), self.num_params), (
-            f"gradients must be (n, {self.num_params}) for {base_version.numel()} base versions, got {tuple(gradients.shape)}"
+    def receive(self, gradients: Tensor, base_version: Tensor, shares: Tensor | None = None, clients: Tensor | None = None) -> Tensor:
+        """Buffers client gradients `(n, P)` computed on `base_version (n,)`, staleness-weighted; returns the weights `(n,)`.
+
+        `shares (n,)`: each row's weight in the mean before staleness, e.g. the events its gradient
+        averages (FedAvg's n_k); None: 1 each. `clients (n,)`: how many client updates a row holds
+        (a row may average several clients of one version); None: 1 each. Counts only, never who.
+        """
+        n = base_version.numel()
+        assert gradients.dim() == 2 and gradients.shape == (n, self.num_params), (
+            f"gradients must be (n, {self.num_params}) for {n} base versions, got {tuple(gradients.shape)}"
         )
+        if shares is not None and (shares.shape != base_version.shape or bool((shares < 0).any())):
+            raise ValueError(f"shares must be a non-negative weight per row {tuple(base_version.shape)}, got {tuple(shares.shape)}")
+        if clients is not None and (clients.shape != base_version.shape or clients.is_floating_point() or bool((clients < 1).any())):
+            raise ValueError(f"clients must be a positive count per row {tuple(base_version.shape)}, got {clients.dtype} {tuple(clients.shape)}")
+        if self.privacy is not None and ((shares is not None and not bool((shares == 1).all())) or clients is not None):
+            raise ValueError("Server: differential privacy needs each client's clipped update on its own row, with equal shares")
         staleness = self.version - base_version
         if bool((staleness < 0).any()) or bool((staleness > self.max_staleness).any()):
             raise ValueError(f"base versions must lie in {self.oldest_version}..{self.version}, got {base_version.tolist()}")
         weights = staleness_weight(staleness, self.weighting, self.weight_a, self.weight_b).to(gradients)
-        self._weighted_sum += weights @ gradients
-        self._weight_total += float(weights.sum())
-        self._count += int(base_version.numel())
+        share = torch.ones_like(weights) if shares is None else shares.to(weights)
+        self._weighted_sum += (weights * share) @ gradients
+        self._weight_total += float((weights * share).sum())
+        self._share_total += float(share.sum())
+        self._count += n if clients is None else int(clients.sum())
         return weights
 
     def step(self) -> ServerStep:
         """Applies the buffered updates of this cohort (every rank's) as one optimiser step; stores the new version."""
-        packed = torch.cat([self._weighted_sum, self._weighted_sum.new_tensor([self._weight_total, self._count])])
+        totals = [self._weight_total, self._share_total, self._count]
+        packed = torch.cat([self._weighted_sum, self._weighted_sum.new_tensor(totals)])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(packed)  # hand-written gradients: DDP's hooks never see them
-        weighted_sum, weight_total, count = packed[:-2], float(packed[-2]), int(round(float(packed[-1])))
+        weighted_sum, weight_total, share_total = packed[:-3], float(packed[-3]), float(packed[-2])
+        count = int(round(float(packed[-1])))
         self._weighted_sum.zero_()
-        self._weight_total, self._count = 0.0, 0
+        self._weight_total, self._share_total, self._count = 0.0, 0.0, 0
         if self.privacy is not None:
             self._set_gradients(self.privacy.privatise(weighted_sum))
             self._apply_step(1.0)
@@ -130,7 +148,7 @@ class Server:
             self._apply_step(0.0)
             return ServerStep(updates=0, lr_scale=0.0, version=self.version)
         self._set_gradients(weighted_sum / weight_total)
-        lr_scale = weight_total / count
+        lr_scale = weight_total / share_total
         self._apply_step(lr_scale)
         self.buffer.push(self.flat_parameters())
         return ServerStep(updates=count, lr_scale=lr_scale, version=self.version)

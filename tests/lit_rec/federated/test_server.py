@@ -48,13 +48,33 @@ def _server(weighting: str = "constant", max_staleness: int = 4):
 def test_the_server_takes_nothing_but_gradients_and_a_base_version():
     public = {name for name, _ in inspect.getmembers(Server, inspect.isfunction) if not name.startswith("_")}
     assert public == {"start", "flat_parameters", "parameters_at", "receive", "step", "state_dict", "load_state_dict"}
-    assert list(inspect.signature(Server.receive).parameters) == ["self", "gradients", "base_version"]
+    # `shares`: a row's weight in the mean (its events); `clients`: how many clients a row averages (counts, never who)
+    assert list(inspect.signature(Server.receive).parameters) == ["self", "gradients", "base_version", "shares", "clients"]
     assert list(inspect.signature(Server.step).parameters) == ["self"]
     server, _, _ = _server()
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="per row"):
         server.receive(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), torch.zeros(1, 4))  # no private parameters
     with pytest.raises(TypeError):
         server.receive(gradients=torch.zeros(1, 3), base_version=torch.zeros(1, dtype=torch.long), client=torch.tensor([0]))
+
+
+def test_a_row_averaging_several_clients_counts_as_that_many_updates_with_their_shares():
+    """Two clients on one version (events 1 and 3) handed in as one averaged row step exactly as the two rows would."""
+    stepped = []
+    two_rows = (torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]]), torch.tensor([1.0, 3.0]), None)
+    one_row = (torch.tensor([[2.5, 2.0, 1.5]]), torch.tensor([4.0]), torch.tensor([2]))  # (1 x row 0 + 3 x row 1) / 4
+    for rows, shares, clients in (two_rows, one_row):
+        server, params, calls = _server(weighting="polynomial")
+        for _ in range(2):
+            server.receive(torch.zeros(1, 3), torch.tensor([server.version]))
+            server.step()
+        server.receive(rows, torch.zeros(rows.shape[0], dtype=torch.long), shares, clients)  # staleness 2
+        step = server.step()
+        stepped.append((step.updates, step.lr_scale, torch.cat([p.detach().reshape(-1) for p in params])))
+    (updates_a, scale_a, params_a), (updates_b, scale_b, params_b) = stepped
+    assert updates_a == updates_b == 2
+    assert scale_a == pytest.approx(scale_b) == pytest.approx(3 ** -0.5)
+    assert torch.allclose(params_a, params_b)
 
 
 def test_staleness_weights_are_relative_weights_and_scale_the_step():

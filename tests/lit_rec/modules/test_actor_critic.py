@@ -81,8 +81,10 @@ def _module(**overrides) -> ActorCriticRec:
     return ActorCriticRec(**{**args, **overrides})
 
 
-def test_a_fresh_cohort_with_constant_weights_reproduces_a_synchronous_a2c_update():
-    module = _module(weighting="constant", personalization=False, clip_norm=1e9)
+@pytest.mark.parametrize("aggregation", ["events", "clients"])
+def test_a_fresh_cohort_with_constant_weights_reproduces_a_synchronous_a2c_update(aggregation):
+    """events: the pooled mean over every trained position; clients: the mean of the clients' mean losses."""
+    module = _module(weighting="constant", personalization=False, clip_norm=1e9, aggregation=aggregation)
     module.double()  # float64: the two paths agree to rounding, and SGD shows the update itself
     reference = copy.deepcopy(module.policy)
     data = _windows()
@@ -95,15 +97,16 @@ def test_a_fresh_cohort_with_constant_weights_reproduces_a_synchronous_a2c_updat
         loss, parts = window_a2c_loss(log_probs.gather(-1, columns.target.unsqueeze(-1)).squeeze(-1), values, data["mask"], module.gamma, module.ce_weight,
                                       module.pg_weight, module.value_coef, module.entropy_coef)
         assert parts["count"].tolist() == [2, 2, 5, 5, 5, 5]
-        (loss / parts["count"]).mean().backward()
+        reference_loss = loss.sum() / parts["count"].sum() if aggregation == "events" else (loss / parts["count"]).mean()
+        reference_loss.backward()
         ref_optimizer.step()
 
         # DADRL's path: per-client gradients on the stored version, staleness 0, through the server
         optimizer = torch.optim.SGD(module.policy.parameters(), lr=0.5)
         server = Server(list(module.policy.parameters()), lambda scale: optimizer.step(), max_staleness=3, weighting="constant")
         server.start()
-        grads, _, _ = module._per_client_gradients(server.parameters_at(0), None, data)
-        server.receive(grads, torch.zeros(6, dtype=torch.long))
+        grads, _, aux = module._per_client_gradients(server.parameters_at(0), None, data)
+        server.receive(grads, torch.zeros(6, dtype=torch.long), shares=module._shares(aux["count"]))
         assert server.step().lr_scale == 1.0
     for (name, p), q in zip(module.policy.named_parameters(), reference.parameters()):
         assert torch.allclose(p.grad, q.grad, rtol=1e-9, atol=1e-12), name
@@ -129,6 +132,50 @@ def test_clients_on_different_stale_versions_get_the_gradients_of_their_own_copi
             assert torch.allclose(together[rows], apart, rtol=1e-9, atol=1e-12)
             assert torch.allclose(private_together[rows], private_apart, rtol=1e-9, atol=1e-12)
     assert not torch.allclose(together[owner == 0][0], together[owner == 1][0])
+
+
+@pytest.mark.parametrize("aggregation", ["events", "clients"])
+def test_without_clipping_one_pass_per_stale_version_gives_the_server_step_of_per_client_gradients(aggregation):
+    """clip_norm None: summing each version's clients in one backward pass changes nothing the server applies."""
+    module = _module(clip_norm=None, weighting="polynomial", aggregation=aggregation)
+    module.double()
+    data = {k: v if k == "negatives" else v.unsqueeze(1) for k, v in _windows().items()}  # (n, local_steps=1, ...)
+    version = torch.tensor([2, 1, 1, 2, 0, 2])
+    private = torch.randn(6, 16, dtype=torch.float64)
+
+    def server_after_three_steps() -> tuple[Server, list]:
+        applied = []
+        server = Server(list(module.policy.parameters()), lambda scale: applied.append((scale, [p.grad.clone() for p in module.policy.parameters()])),
+                        max_staleness=3, weighting="polynomial")
+        flat = server.flat_parameters()
+        for shift in (0.0, 0.01, 0.02):  # versions 0, 1, 2: distinct copies
+            server.buffer.push(flat + shift * torch.randn(flat.shape, generator=torch.Generator().manual_seed(int(shift * 100)), dtype=flat.dtype))
+        return server, applied
+
+    cohort, mine = torch.arange(6), torch.arange(6)
+    with sdpa_kernel(SDPBackend.MATH):
+        module.server, grouped_steps = server_after_three_steps()
+        module.clients = type("FakeClients", (), {"private": private})()
+        groups = module._per_version_gradients(cohort, version, mine, data)
+        module.server.step()
+        per_client, per_client_steps = server_after_three_steps()
+        grads, private_grads, aux = module._per_client_gradients(per_client.parameters_at(version), private, {k: v if k == "negatives" else v[:, 0] for k, v in data.items()})
+        per_client.receive(grads, version, shares=module._shares(aux["count"]))
+        per_client.step()
+    assert len(groups) == 3  # one backward pass per distinct version
+    (scale_a, grads_a), (scale_b, grads_b) = grouped_steps[0], per_client_steps[0]
+    assert scale_a == pytest.approx(scale_b, rel=1e-12) and scale_a < 1.0  # staleness weights reach the step size
+    for a, b in zip(grads_a, grads_b):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+    for group, _, g_private in groups:
+        assert torch.allclose(g_private, private_grads[group], rtol=1e-9, atol=1e-12)
+
+
+def test_differential_privacy_needs_a_clip_norm_and_one_vote_per_client():
+    with pytest.raises(ValueError, match="clip_norm"):
+        _module(clip_norm=None, dp_noise_multiplier=1.0, arrival="poisson", aggregation="clients")
+    with pytest.raises(ValueError, match="aggregation: clients"):
+        _module(clip_norm=5.0, dp_noise_multiplier=1.0, arrival="poisson", aggregation="events")
 
 
 class OnData(ActorCriticRec):
@@ -192,9 +239,10 @@ def test_dadrl_fits_on_synthetic_data_with_stale_clients_and_private_vectors_sta
                 "staleness/dropped_frac", "federated/updates", "federated/clients"):
         assert key in logged, key
     assert model.server.version == trainer.global_step  # no step was empty
-    # what clients send: gradients of the global parameters and a base version, nothing else
+    # what clients send: gradients of the global parameters, a base version and counts (their events), nothing else
     num_global = sum(p.numel() for p in model.policy.parameters())
-    assert sent and all(not kwargs and len(args) == 2 for args, kwargs in sent)
+    assert sent and all(len(args) == 2 and set(kwargs) <= {"shares", "clients"} for args, kwargs in sent)
+    assert all(kwargs["shares"].is_floating_point() and kwargs["shares"].shape == args[1].shape for args, kwargs in sent)
     assert all(args[0].shape[1] == num_global and args[1].dtype == torch.long for args, _ in sent)
     staleness = torch.cat([model.server.version - 1 - args[1] for args, _ in sent[-10:]])
     assert staleness.float().mean() > 0  # sessions: devices compute on old copies
@@ -241,7 +289,7 @@ def test_bf16_mixed_precision_trains_the_clients_in_fp32(tmp_path, name):
 def test_differential_privacy_logs_the_epsilon_spent(tmp_path):
     pytest.importorskip("opacus", reason="differential privacy needs the optional extra opacus")
     cli = fit(tmp_path, "--trainer.max_steps=6", "--trainer.limit_val_batches=1", "--model.init_args.arrival=poisson",
-              "--model.init_args.dp_noise_multiplier=1.0")
+              "--model.init_args.dp_noise_multiplier=1.0", "--model.init_args.clip_norm=5.0", "--model.init_args.aggregation=clients")
     epsilon = float(cli.trainer.callback_metrics["privacy/epsilon"])
     assert 0 < epsilon < math.inf
     assert cli.model.server.privacy.accountant.history[-1][-1] == 6  # one accounted round per server step
@@ -249,7 +297,8 @@ def test_differential_privacy_logs_the_epsilon_spent(tmp_path):
 
 def test_differential_privacy_refuses_non_poisson_cohorts(tmp_path):
     with pytest.raises(ValueError, match="arrival: poisson"):
-        fit(tmp_path, "--trainer.max_steps=1", "--model.init_args.dp_noise_multiplier=1.0")
+        fit(tmp_path, "--trainer.max_steps=1", "--model.init_args.dp_noise_multiplier=1.0", "--model.init_args.clip_norm=5.0",
+            "--model.init_args.aggregation=clients")
 
 
 def test_resume_from_a_mid_epoch_checkpoint_ends_identically(tmp_path):
