@@ -125,12 +125,12 @@ class ExponentialArrivals(ArrivalModel):
 
     def __init__(self, events_per_client: Tensor, cohort_size: int, seed: int, concurrency: int = 0, delay_spread: float = 1.0) -> None:
         """Args:
-        concurrency: devices training at once (0: 4 x cohort_size); at most the active clients.
+        concurrency: devices training at once (0: 2 x cohort_size); at most the active clients.
         delay_spread: standard deviation of the log of the devices' mean delays.
         """
         super().__init__(events_per_client, cohort_size, seed)
         active = int((self.activity > 0).sum())
-        self.concurrency = max(self.cohort_size, min(concurrency or 4 * self.cohort_size, active))
+        self.concurrency = max(self.cohort_size, min(concurrency or 2 * self.cohort_size, active))
         g = self.rng.generator
         self.mean_delay = torch.exp(delay_spread * torch.randn(self.activity.numel(), generator=g, dtype=torch.float64))
         self.slot_client = weighted_sample_without_replacement(self.log_activity, self.concurrency, g)

@@ -25,6 +25,21 @@ __all__ = [
 # ----------------------------------------------------------------------------- exploring & filtering
 
 
+def popularity_draws(counts: Tensor, n: int, generator: torch.Generator) -> Tensor:
+    """`n` item ids drawn with replacement in proportion to `counts (num_items + 1,)` (as `torch.multinomial`, but O(1) a draw).
+
+    Integer counts up to 2^24 in total: a uniform index into the table where item i fills counts[i] slots
+    (exact probabilities); otherwise inverse-CDF draws.
+    """
+    total = float(counts.sum())
+    if total <= 2**24 and bool((counts == counts.round()).all()):
+        table = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts.long())
+        return table[torch.randint(0, table.numel(), (n,), generator=generator, device=generator.device)]
+    cdf = counts.double().cumsum(0)
+    draws = torch.rand(n, generator=generator, device=generator.device, dtype=torch.float64) * cdf[-1]
+    return torch.searchsorted(cdf, draws, right=True).clamp_max(counts.numel() - 1)
+
+
 def explore_candidates(
     logged: Tensor,
     num_candidates: int,
@@ -46,7 +61,7 @@ def explore_candidates(
     num_items = item_popularity.numel() - 1
     weights = item_popularity.to(generator.device, torch.float64)
     if n_pop > 0 and weights.sum() > 0:
-        popular = torch.multinomial(weights, b * n_pop, replacement=True, generator=generator).view(b, n_pop)
+        popular = popularity_draws(weights, b * n_pop, generator).view(b, n_pop)
     else:  # no counts to follow: every sample is uniform
         popular, n_pop = torch.empty(b, 0, dtype=torch.long, device=generator.device), 0
     uniform = torch.randint(1, num_items + 1, (b, extra - n_pop), generator=generator, device=generator.device)

@@ -154,7 +154,7 @@ class ActorCriticRec(RecModule):
         arrival: `sessions`, `exponential`, `synchronous` or `poisson` (each client independently
             with probability cohort_size / clients: what differential privacy needs); None: sessions for dadrl
             (a2c_f and a2c_d are synchronous).
-        concurrency: devices training at once with exponential arrivals (0: 4 x cohort_size).
+        concurrency: devices training at once with exponential arrivals (0: 2 x cohort_size).
         delay_spread: log-normal spread of the devices' mean delays (exponential arrivals).
         weighting: staleness weight s(Δ): constant, polynomial (1+Δ)^-a, hinge, fedbuff 1/sqrt(1+Δ).
         weight_a: a of the polynomial and hinge weights.

@@ -46,7 +46,7 @@ from lit_rec.functional.distill import (
     weighted_mean,
 )
 from lit_rec.functional.next_item import Columns, cross_entropy
-from lit_rec.functional.td import replay_td_loss
+from lit_rec.functional.td import next_state_values, replay_td_loss
 from lit_rec.modules.base import RecModule
 from lit_rec.modules.dqn import DQN
 from lit_rec.networks import QNetwork
@@ -361,7 +361,10 @@ class DRLRecStudent(DQN):
             states_t = self.teacher.encoder.sequence(history)[own.where]
             q_t_all = self.teacher.head.score_all(states_t, self.teacher.encoder.all_item_vectors())  # (P, num_items + 1)
         teacher_columns = Columns(q_t_all[:, 1:], own.targets - 1, 0.0, torch.ones((), dtype=torch.bool, device=q_t_all.device))
-        next_value = self.next_values(self.teacher_target, history, own.where, own.targets, teacher_columns)
+        if self.co_train:  # the teacher learns: its TD target comes from its target network
+            next_value = self.next_values(self.teacher_target, history, own.where, own.targets, teacher_columns)
+        else:  # a frozen teacher's own V(s') is the max of its next row (entry k + 1): no second pass
+            next_value = next_state_values(teacher_columns.scores[1:].detach())
         if self.co_train:
             teacher_td = replay_td_loss(
                 teacher_columns.scores[:-1], teacher_columns.target[:-1], teacher_columns.valid, next_value, self.gamma, self.loss_kind, self.td_sample(teacher_columns)
@@ -376,18 +379,25 @@ class DRLRecStudent(DQN):
         confidence = self._confidence(td_error)
         terms["confidence"] = confidence.detach()
         hint_s = own.states[:-1][keep]
-        q_s_all = self.online.head.score_all(hint_s, self.online.encoder.all_item_vectors())
+        with torch.no_grad():  # the student's score of every item, for exploring: its own training columns when they are the catalogue
+            if own.columns.negatives is None:
+                q_s_all = torch.nn.functional.pad(own.columns.scores[:-1][keep], (1, 0))  # column 0: PAD
+            else:
+                q_s_all = self.online.head.score_all(hint_s, self.online.encoder.all_item_vectors())
 
-        # lessons: the logged item with `num_rivals` random items (a training candidate set), plus the explored/filtered items
+        # lessons: the logged item with `num_rivals` random items (a training candidate set), plus the explored/filtered items;
+        # the student scores only its lessons (the gradient never touches a whole catalogue row)
         g = self.explore_rng.generator
         rivals = torch.randint(1, self.num_items + 1, (logged_item.numel(), max(1, self.num_rivals)), generator=g, device=g.device)
         logged = torch.cat([logged_item[:, None], rivals.to(logged_item.device)], dim=1)
         vectors_t_all = self.teacher.encoder.all_item_vectors().detach()
         everything = torch.ones_like(logged, dtype=torch.bool)
-        lessons = [(q_s_all.gather(1, logged), q_t_all.gather(1, logged), self.online.encoder.item_vectors(logged), vectors_t_all[logged], everything)]
+        vectors_s = self.online.encoder.item_vectors(logged)
+        lessons = [(self.online.head(hint_s, vectors_s), q_t_all.gather(1, logged), vectors_s, vectors_t_all[logged], everything)]
         if self.explore_filter:
-            items, mask_items = self._explore_and_filter(logged, q_s_all.detach(), q_t_all)
-            lessons.append((q_s_all.gather(1, items), q_t_all.gather(1, items), self.online.encoder.item_vectors(items), vectors_t_all[items], mask_items))
+            items, mask_items = self._explore_and_filter(logged, q_s_all, q_t_all)
+            vectors_s = self.online.encoder.item_vectors(items)
+            lessons.append((self.online.head(hint_s, vectors_s), q_t_all.gather(1, items), vectors_s, vectors_t_all[items], mask_items))
             terms["filtered_size"] = mask_items.sum(1).float().mean()
 
         if self.use_kl:

@@ -11,6 +11,7 @@ from lit_rec.functional.distill import (
     batch_max_confidence,
     exp_confidence,
     explore_candidates,
+    popularity_draws,
     filter_topk_union,
     hint_mse,
     listwise_kl,
@@ -105,3 +106,11 @@ def test_explore_candidates_layout_and_sources() -> None:
     assert ((cands[:, 7:] >= 1) & (cands[:, 7:] <= 5)).all()  # 5 uniform samples, never PAD
     again = explore_candidates(logged, 12, popularity, torch.Generator().manual_seed(0), popularity_fraction=0.5)
     assert torch.equal(cands, again)
+
+
+@pytest.mark.parametrize("counts", [torch.tensor([0, 6, 0, 3, 1]), torch.tensor([0.0, 0.6, 0.0, 0.3, 0.1])], ids=["counts", "weights"])
+def test_popularity_draws_follow_the_counts_and_never_draw_an_unseen_item(counts) -> None:
+    draws = popularity_draws(counts, 20000, torch.Generator().manual_seed(0))
+    share = torch.bincount(draws, minlength=5).float() / draws.numel()
+    assert share[0] == 0 and share[2] == 0  # PAD and an item never seen
+    assert torch.allclose(share, counts.float() / counts.float().sum(), atol=0.015)
