@@ -60,7 +60,8 @@ class SeqEncoder(nn.Module):
     are scored by the dot product of a (head-transformed) state with their embedding (tied
     input and output embeddings), so the whole catalogue is one matrix product. PAD keys are
     masked and positions count from the most recent item, so a state depends only on the non-PAD
-    items: left-padding invariant. A fully-PAD history gives a finite constant state.
+    items: left-padding invariant. Every empty prefix (PAD inputs only) gives the same finite state,
+    the one a user with no history gets.
     """
 
     def __init__(
@@ -103,7 +104,8 @@ class SeqEncoder(nn.Module):
         l = history.shape[1]
         assert 0 < l <= self.history_len, f"history length {l} must be in 1..history_len={self.history_len}"
         is_item = history > 0
-        x = self.item_embedding(history) + self.positions[self.history_len - l :]
+        # a PAD input takes the most recent position: every empty prefix gives the state of an empty history (a cold user's)
+        x = torch.where(is_item.unsqueeze(-1), self.item_embedding(history) + self.positions[self.history_len - l :], self.positions[-1])
         x = self.input_drop(x)
         causal = torch.ones(l, l, dtype=torch.bool, device=history.device).tril()
         diagonal = torch.eye(l, dtype=torch.bool, device=history.device)

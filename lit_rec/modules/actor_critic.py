@@ -346,7 +346,7 @@ class ActorCriticRec(RecModule):
         history = self._train_history[last]  # (n, S, L): the L items before the window's last event
         targets = torch.cat([history[..., 1:], self._train_item[last].unsqueeze(-1)], dim=-1)
         counted = torch.arange(length, device=self.device) >= (length - new).unsqueeze(-1)
-        data = {"history": history, "targets": targets, "mask": counted & (history > 0)}
+        data = {"history": history, "targets": targets, "mask": counted & (targets > 0)}  # the first item's empty prefix counts
         rivals = torch.randint(0, self.num_items, (n, self.local_steps, length, max(1, self.num_rivals)), generator=g, device=g.device)
         data["rivals"] = rivals.to(self.device)
         if self.training_softmax.softmax == "sampled":

@@ -88,6 +88,16 @@ def test_sequence_states_are_left_padding_invariant() -> None:
     assert torch.allclose(encoder.sequence(padded[:, 1:])[:, -3:], encoder.sequence(items), atol=1e-5)
 
 
+def test_every_empty_prefix_is_the_state_of_a_user_with_no_history() -> None:
+    """Training the prefix before a user's first item trains what a cold user is scored with."""
+    encoder = _q_network().encoder.eval()
+    padded = torch.cat([torch.zeros(1, L - 3, dtype=torch.long), torch.tensor([[3, 4, 5]])], dim=1)
+    cold = encoder(torch.zeros(1, L, dtype=torch.long))
+    states = encoder.sequence(padded)
+    assert torch.allclose(states[0, : L - 3], cold.expand(L - 3, -1), atol=1e-6)
+    assert not torch.allclose(states[0, -1], cold[0], atol=1e-3)
+
+
 def test_q_head_starts_as_the_dot_product() -> None:
     net = _q_network().eval()
     state = net.encoder(HISTORY)

@@ -20,12 +20,13 @@ from lit_rec.functional.next_item import (
 )
 
 
-def test_window_targets_are_the_next_items_and_only_prefixes_with_an_item_count() -> None:
+def test_window_targets_are_the_next_items_and_the_first_item_is_learned_from_the_empty_prefix() -> None:
     history = torch.tensor([[0, 0, 3, 4], [5, 6, 7, 8]])
     item = torch.tensor([9, 2])
     targets, mask = window_targets(history, item)
     assert targets.tolist() == [[0, 3, 4, 9], [6, 7, 8, 2]]
-    assert mask.tolist() == [[False, False, True, True], [True, True, True, True]]
+    # row 0 is a user's first window: its first item 3 is predicted from the empty prefix (a cold user's state)
+    assert mask.tolist() == [[False, True, True, True], [True, True, True, True]]
     with pytest.raises(AssertionError, match="history"):
         window_targets(history, item[:1])
 

@@ -81,7 +81,7 @@ def test_td_bootstraps_each_position_from_the_next_position_of_its_window(double
     targets, mask = window_targets(history, batch["item"])
     losses = model.q_losses(history, batch["item"])
     rows, cols = losses.where
-    assert rows.numel() == int(mask.sum()) == 6 * HISTORY_LEN - 3  # the positions that hold an item
+    assert rows.numel() == int(mask.sum()) == 6 * HISTORY_LEN - 2  # the positions whose next item exists (row 0: its last PAD predicts its first item)
     # entry k's next state is entry k + 1 (the next position of the same window), except at a window's last position
     assert torch.equal(losses.has_next, cols[:-1] < HISTORY_LEN - 1)
     assert torch.equal(rows[1:][losses.has_next], rows[:-1][losses.has_next])
@@ -111,7 +111,7 @@ def test_loss_is_ce_weight_ce_plus_td_weight_td_over_the_positions_with_an_item(
     model = module(ce_weight=0.7, td_weight=0.3)
     model.log_step = model.log_window_ctr = lambda *a, **k: None  # no trainer here
     losses = model.q_losses(batch["history"], batch["item"])
-    assert losses.states.shape == (6 * HISTORY_LEN - 3, 16)  # row 0's padded prefixes are not trained
+    assert losses.states.shape == (6 * HISTORY_LEN - 2, 16)  # row 0's padded prefixes are not trained, but the one before its first item
     assert losses.ce.item() == pytest.approx(cross_entropy(losses.columns).mean().item())
     # the CE is the full-catalogue softmax of the logged item after each prefix
     q_all = model.online.sequence_scores(batch["history"])[0][..., 1:]
@@ -137,8 +137,8 @@ def test_sampled_softmax_scores_the_logged_item_and_a_shared_sample() -> None:
     batch = windows()
     losses = model.q_losses(batch["history"], batch["item"])
     columns = losses.columns
-    assert columns.scores.shape == (6 * HISTORY_LEN - 3, 1 + 8) and columns.negatives.shape == (8,)
-    assert torch.equal(columns.target, torch.zeros(6 * HISTORY_LEN - 3, dtype=torch.long))
+    assert columns.scores.shape == (6 * HISTORY_LEN - 2, 1 + 8) and columns.negatives.shape == (8,)
+    assert torch.equal(columns.target, torch.zeros(6 * HISTORY_LEN - 2, dtype=torch.long))
     assert torch.isfinite(losses.ce) and torch.isfinite(losses.td)
 
 

@@ -75,8 +75,8 @@ def loss_of(module: DRLRecStudent, batch: dict[str, torch.Tensor]) -> torch.Tens
 
 
 def states_with_a_next_state(batch: dict[str, torch.Tensor]) -> int:
-    """Trained positions (holding an item) that are not their window's last."""
-    return int((batch["history"][:, :-1] > 0).sum())
+    """Trained positions (whose next item exists: an item, or the empty prefix before a first item) that are not their window's last."""
+    return int((batch["history"][:, 1:] > 0).sum())
 
 
 def test_frozen_teacher_gets_no_gradient_and_the_student_does(teacher_ckpt: Path) -> None:
