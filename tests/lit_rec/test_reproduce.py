@@ -205,9 +205,9 @@ def scripted_config(folder: Path, name: str, schedule: list[float]) -> str:
 def test_runs_stop_early_and_are_tested_with_their_best_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    capsys: pytest.CaptureFixture) -> None:
     # Scripted: val CTR@10 of a constant scorer (1/11) at epoch 0, Popularity's at epoch 1, then reversed (worse):
-    # best epoch 1, stopped after three worse validations (epoch 4). It is the DRL-Rec "teacher" of Student, which
-    # is Popularity at every epoch (counts grow, the ranking stays): no improvement after epoch 0, and early stopping
-    # may not end a run before MIN_EPOCHS (5) epochs.
+    # best epoch 1; misses count from epoch MIN_EPOCHS (5) on, so it stops after epochs 5, 6, 7 (8 epochs). It is the
+    # DRL-Rec "teacher" of Student, which is Popularity at every epoch (counts grow, the ranking stays): no
+    # improvement after epoch 0, stopped after 8 epochs too.
     methods = [
         Method("Popularity", "configs/popularity.yaml", reproduce.capped(max_epochs=1)),
         Method("Scripted", scripted_config(tmp_path, "scripted", [0.0, 1.0, -1.0]), role="teacher"),
@@ -222,12 +222,12 @@ def test_runs_stop_early_and_are_tested_with_their_best_checkpoint(tmp_path: Pat
     popularity, scripted, student = runs["Popularity"], runs["Scripted"], runs["Student"]
 
     val = [point["val/ctr@10"] for point in scripted["val_curve"]]
-    assert len(val) == 5 and val[1] > max(val[0], *val[2:]) and val[0] == pytest.approx(1 / 11)
-    assert scripted["best_epoch"] == 1 and scripted["epochs"] == 5 and scripted["stopped_by"] == "early_stopping"
+    assert len(val) == reproduce.MIN_EPOCHS + 3 == 8 and val[1] > max(val[0], *val[2:]) and val[0] == pytest.approx(1 / 11)
+    assert scripted["best_epoch"] == 1 and scripted["epochs"] == 8 and scripted["stopped_by"] == "early_stopping"
     # tested with the epoch-1 checkpoint: Popularity's ranking, not the reversed one of the last epoch
     assert scripted["metrics"] == pytest.approx(popularity["metrics"])
     assert torch.load(scripted["checkpoint"], weights_only=True)["epoch"] == 1
-    assert student["best_epoch"] == 0 and student["epochs"] == reproduce.MIN_EPOCHS == 5 and student["stopped_by"] == "early_stopping"
+    assert student["best_epoch"] == 0 and student["epochs"] == 8 and student["stopped_by"] == "early_stopping"
     assert f"--model.init_args.teacher_ckpt={scripted['checkpoint']}" in (out / "logs" / "student-seed0.log").read_text()
     assert popularity["epochs"] == 1 and popularity["stopped_by"] == "max_epochs"
 
