@@ -40,10 +40,11 @@ def test_every_method_config_keeps_the_best_validation_and_stops_early(config: P
     # the first ModelCheckpoint is trainer.checkpoint_callback, which ckpt_path="best" reads
     assert best == {"monitor": MONITOR, "mode": "max", "save_top_k": 1, "filename": "best"}
     assert periodic == {"every_n_train_steps": 100, "save_last": True}  # DESIGN.md section 2
-    stopping = named(callbacks, "EarlyStopping")
+    stopping = [(i, c.get("init_args") or {}) for i, c in enumerate(callbacks) if c["class_path"] == "callbacks.early_stopping.WarmupEarlyStopping"]
     assert len(stopping) == 1
     index, args = stopping[0]
     assert args["monitor"] == MONITOR and args["mode"] == "max" and args["patience"] == 3
+    assert args["start_from_epoch"] == 5  # misses count from epoch 5 on (the popularity plateau of the first epochs)
     # checked after each validation only: a fit without validation (limit_val_batches=0) is never stopped
     assert args.get("check_on_train_epoch_end") is False
     assert index == len(callbacks) - 1  # last: `--trainer.callbacks.patience=N` sets it
@@ -90,19 +91,20 @@ def lightning_callbacks(config: Path) -> list[L.Callback]:
     built = []
     for callback in shipped_callbacks(config):
         module, _, name = callback["class_path"].rpartition(".")
-        if module == "lightning.pytorch.callbacks":
+        if module in ("lightning.pytorch.callbacks", "callbacks.early_stopping"):
             built.append(getattr(importlib.import_module(module), name)(**(callback.get("init_args") or {})))
     return built
 
 
 def test_shipped_callbacks_stop_after_three_worse_validations_and_test_the_best_epoch(tmp_path: Path) -> None:
-    # best at epoch 1, then three validations without improvement (a tie is no improvement): stop after epoch 4
+    # best at epoch 1; misses count from epoch 5 on (the warm-up epochs 2-4 do not), so three validations without
+    # improvement (a tie is no improvement) at epochs 5, 6, 7 stop the run after epoch 7
     trainer = L.Trainer(max_epochs=20, callbacks=lightning_callbacks(ROOT / "configs" / "linucb.yaml"), logger=False,
                         default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0)
-    model = Scripted([0.2, 0.5, 0.4, 0.5, 0.3, 0.9])
+    model = Scripted([0.2, 0.5, 0.4, 0.3, 0.3, 0.4, 0.5, 0.3, 0.9])
     trainer.fit(model)
-    assert trainer.current_epoch == 5 and trainer.early_stopping_callback.stopped_epoch == 4
+    assert trainer.current_epoch == 8 and trainer.early_stopping_callback.stopped_epoch == 7
     assert trainer.checkpoint_callback.monitor == MONITOR
     assert Path(trainer.checkpoint_callback.best_model_path) == tmp_path / "checkpoints" / "best.ckpt"
     assert trainer.checkpoint_callback.best_model_score == pytest.approx(0.5)
@@ -110,7 +112,17 @@ def test_shipped_callbacks_stop_after_three_worse_validations_and_test_the_best_
         (best,) = trainer.test(model, ckpt_path="best", verbose=False)
     assert best["test/trained_epoch"] == 1
     (last,) = trainer.test(model, ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"), verbose=False)
-    assert last["test/trained_epoch"] == 4
+    assert last["test/trained_epoch"] == 7
+
+
+def test_misses_during_the_warm_up_epochs_do_not_stop_a_run_that_improves_later(tmp_path: Path) -> None:
+    # the popularity plateau: four flat epochs, then learning (plain patience 3 would stop after epoch 3)
+    trainer = L.Trainer(max_epochs=8, callbacks=lightning_callbacks(ROOT / "configs" / "ddqn.yaml"), logger=False,
+                        default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0)
+    trainer.fit(Scripted([0.29, 0.29, 0.28, 0.29, 0.33, 0.39, 0.42, 0.45]))
+    assert trainer.current_epoch == 8 and trainer.early_stopping_callback.stopped_epoch == 0
+    assert trainer.checkpoint_callback.best_model_score == pytest.approx(0.45)
 
 
 def test_a_validation_that_keeps_improving_runs_to_max_epochs(tmp_path: Path) -> None:
