@@ -202,7 +202,7 @@ class Reproduction:
                            "mode": "max", "save_top_k": 1}},
             {"class_path": "callbacks.early_stopping.WarmupEarlyStopping",
              "init_args": {"monitor": MONITOR, "mode": "max", "patience": PATIENCE, "check_on_train_epoch_end": False,
-                           "start_from_epoch": MIN_EPOCHS if self.budget != "smoke" else 0}},
+                           "start_from_epoch": self.start_from_epoch}},
             {"class_path": "callbacks.curve_recorder.CurveRecorder"},
         ]
         trainer.update(
@@ -353,6 +353,11 @@ class Reproduction:
         seconds = int(time.perf_counter() - self.started)
         return f"{seconds // 60}m{seconds % 60:02d}s"
 
+    @property
+    def start_from_epoch(self) -> int:
+        """The first epoch whose validation early stopping counts (the smoke budget's two epochs: 0)."""
+        return 0 if self.budget == "smoke" else MIN_EPOCHS
+
     # ------------------------------------------------------------------ reports
     def meta(self) -> dict[str, Any]:
         """What was run: data, budget, seeds, command."""
@@ -362,7 +367,7 @@ class Reproduction:
             "cap": CAPS[self.budget],
             "monitor": MONITOR,
             "patience": PATIENCE,
-            "start_from_epoch": MIN_EPOCHS if self.budget != "smoke" else 0,
+            "start_from_epoch": self.start_from_epoch,
             "seeds": self.seeds,
             "command": "python -m lit_rec.reproduce " + " ".join(self.options.argv),
             "wandb_group": self.group,

@@ -414,10 +414,7 @@ class ActorCriticRec(RecModule):
         if self.mode == "a2c_f":  # centralised: one gradient of the pooled loss (every position of the cohort), clipped as a whole
             if mine.numel() > 0:
                 part = {k: v if k == "negatives" else v[mine, 0] for k, v in data.items()}
-                flat = self.server.parameters_at(self.server.version).detach().requires_grad_(True)
-                loss, aux = self._window_loss(flat, None, part)
-                (gradient,) = torch.autograd.grad(loss.sum() / aux["count"].sum().clamp_min(1.0), [flat])
-                aux = {k: x.detach() for k, x in aux.items()}
+                gradient, _, _, aux = self._version_gradient(self.server.version, None, part, "events")  # every position counts once
                 self.server.receive(self._clipped(gradient.unsqueeze(0)), version[mine[:1]])
                 losses, hits, counts = [aux["loss"]], [aux["hits"]], [aux["count"]]
         elif self.mode == "dadrl" and self.clip_norm is None:  # nothing per client between gradient and sum: one pass per version
@@ -453,7 +450,7 @@ class ActorCriticRec(RecModule):
         return rows if self.clip_norm is None else clip_rows(rows, self.clip_norm)[0]
 
     def _per_version_gradients(self, cohort: Tensor, version: Tensor, mine: Tensor, data: dict[str, Tensor]) -> list[tuple[Tensor, dict[str, Tensor], Tensor | None]]:
-        """Hands the server, per stale version in the cohort, the sum of its clients' gradients (one backward pass each).
+        """Hands the server, per stale version in the cohort, its clients' shares-weighted mean gradient (one backward pass each).
 
         Returns per version: the cohort positions of its clients, their aux, and their private-vector gradients.
         """
@@ -463,25 +460,35 @@ class ActorCriticRec(RecModule):
         for v in torch.unique(version[mine]).tolist():
             group = mine[version[mine] == v]
             part = {k: x if k == "negatives" else x[group, 0] for k, x in data.items()}
-            flat = self.server.parameters_at(int(v)).detach().requires_grad_(True)
-            user_vector = private[cohort[group]].clone().requires_grad_(True) if private is not None else None
-            loss, aux = self._window_loss(flat, user_vector, part)
-            count = aux["count"].detach().clamp_min(1.0)
-            shares = self._shares(aux["count"].detach())
-            # the shares-weighted mean of the clients' mean losses; each private vector steps on its own client's mean loss
-            total = (loss * shares / count).sum()
-            inputs = [flat] if user_vector is None else [flat, user_vector]
-            grads = torch.autograd.grad(total, inputs)
-            share = shares.sum()
-            row = grads[0] / share.clamp_min(1e-12)
+            user_vector = private[cohort[group]] if private is not None else None
+            row, share, g_private, aux = self._version_gradient(int(v), user_vector, part, self.aggregation)
             self.server.receive(row.unsqueeze(0), version[group[:1]], shares=share.reshape(1), clients=torch.tensor([group.numel()]))
-            g_private = grads[1] / shares.clamp_min(1e-12).unsqueeze(1) if user_vector is not None else None
-            out.append((group, {k: x.detach() for k, x in aux.items()}, g_private))
+            out.append((group, aux, g_private))
         return out
 
-    def _shares(self, events: Tensor) -> Tensor:
+    def _version_gradient(
+        self, version: int, user_vector: Tensor | None, part: dict[str, Tensor], aggregation: str
+    ) -> tuple[Tensor, Tensor, Tensor | None, dict[str, Tensor]]:
+        """One backward pass for clients that share a stored version: `(gradient (P,), share, private gradients (n, D) | None, aux)`.
+
+        The gradient is of the shares-weighted mean of the clients' mean losses (shares: events or 1
+        per client, as in `aggregation`), `share` their total; each private vector's gradient is of its
+        own client's mean loss.
+        """
+        flat = self.server.parameters_at(version).detach().requires_grad_(True)
+        user_vector = user_vector.clone().requires_grad_(True) if user_vector is not None else None
+        loss, aux = self._window_loss(flat, user_vector, part)
+        shares = self._shares(aux["count"], aggregation)
+        inputs = [flat] if user_vector is None else [flat, user_vector]
+        grads = torch.autograd.grad((loss * shares / aux["count"].clamp_min(1.0)).sum(), inputs)
+        share = shares.sum()
+        g_private = grads[1] / shares.clamp_min(1e-12).unsqueeze(1) if user_vector is not None else None
+        return grads[0] / share.clamp_min(1e-12), share, g_private, {k: x.detach() for k, x in aux.items()}
+
+    def _shares(self, events: Tensor, aggregation: str | None = None) -> Tensor:
         """Each client's share of the server's mean `(n,)`: its trained events (`aggregation: events`) or 1 (`clients`)."""
-        return events.to(torch.float32) if self.aggregation == "events" else torch.ones_like(events, dtype=torch.float32)
+        by_events = (aggregation or self.aggregation) == "events"
+        return events.to(torch.float32) if by_events else torch.ones_like(events, dtype=torch.float32)
 
     def _local_training(self, flat: Tensor, data: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """FedAvg clients: `local_steps` clipped SGD steps each from `flat`, one window a step; returns their model changes `(n, P)`."""

@@ -361,11 +361,10 @@ class DRLRecStudent(DQN):
             states_t = self.teacher.encoder.sequence(history)[own.where]
             q_t_all = self.teacher.head.score_all(states_t, self.teacher.encoder.all_item_vectors())  # (P, num_items + 1)
         teacher_columns = Columns(q_t_all[:, 1:], own.targets - 1, 0.0, torch.ones((), dtype=torch.bool, device=q_t_all.device))
-        if self.co_train:  # the teacher learns: its TD target comes from its target network
-            next_value = self.next_values(self.teacher_target, history, own.where, own.targets, teacher_columns)
-        else:  # a frozen teacher's own V(s') is the max of its next row (entry k + 1): no second pass
+        if not self.co_train:  # a frozen teacher's own V(s') is the max of its next row (entry k + 1): no second pass
             next_value = next_state_values(teacher_columns.scores[1:].detach())
-        if self.co_train:
+        else:  # the teacher learns: its TD target comes from its target network
+            next_value = self.next_values(self.teacher_target, history, own.where, own.targets, teacher_columns)
             teacher_td = replay_td_loss(
                 teacher_columns.scores[:-1], teacher_columns.target[:-1], teacher_columns.valid, next_value, self.gamma, self.loss_kind, self.td_sample(teacher_columns)
             )
