@@ -165,6 +165,7 @@ class DRLRecStudent(DQN):
         confidence: bool = True,
         kl: bool = True,
         hint: bool = True,
+        distill_states: int | None = None,
         num_candidates: int = 1000,
         top_k: int = 10,
         popularity_fraction: float = 0.5,
@@ -191,6 +192,8 @@ class DRLRecStudent(DQN):
         confidence: weight each state's distillation terms by the teacher's confidence; false: weight 1.
         kl: include the KL term.
         hint: include the hint term.
+        distill_states: distil at this many of a batch's states, drawn at random each step (the student's own
+            loss still covers every position); none: at every state with a next state.
         num_candidates: explored candidates per state (the transition's candidates first, then samples).
         top_k: lessons taken from the teacher's ranking and, separately, from the student's.
         popularity_fraction: share of the sampled candidates drawn by popularity (the rest uniformly).
@@ -207,6 +210,9 @@ class DRLRecStudent(DQN):
         self.co_train = distill and (co_train or teacher_ckpt is None)
         self.w_rl, self.w_kl, self.w_hint, self.temperature = w_rl, w_kl, w_hint, temperature
         self.explore_filter, self.use_confidence, self.use_kl, self.use_hint = explore_filter, confidence, kl, hint
+        if distill_states is not None and distill_states < 1:
+            raise ValueError(f"distill_states must be >= 1 or null (every state), got {distill_states}")
+        self.distill_states = distill_states
         self.num_candidates, self.top_k, self.popularity_fraction = num_candidates, top_k, popularity_fraction
         self.latency_candidates = latency_candidates
         self.explore_rng = SeededGenerator(self.seed + 3)
@@ -357,30 +363,39 @@ class DRLRecStudent(DQN):
         if self.teacher is None or self.teacher_target is None or not bool(own.has_next.any()):
             return terms
 
+        # distil at the trained states with a next state (its teacher TD error gives the confidence), or a
+        # random `distill_states` of them
+        keep = own.has_next.nonzero().squeeze(1)
+        if self.distill_states is not None and keep.numel() > self.distill_states:
+            g = self.explore_rng.generator
+            keep = keep[torch.randperm(keep.numel(), generator=g, device=g.device)[: self.distill_states].to(keep.device)]
         with nullcontext() if self.co_train else torch.no_grad():
             states_t = self.teacher.encoder.sequence(history)[own.where]
-            q_t_all = self.teacher.head.score_all(states_t, self.teacher.encoder.all_item_vectors())  # (P, num_items + 1)
-        teacher_columns = Columns(q_t_all[:, 1:], own.targets - 1, 0.0, torch.ones((), dtype=torch.bool, device=q_t_all.device))
-        if not self.co_train:  # a frozen teacher's own V(s') is the max of its next row (entry k + 1): no second pass
-            next_value = next_state_values(teacher_columns.scores[1:].detach())
+            item_vectors_t = self.teacher.encoder.all_item_vectors()
+            if self.co_train:  # the teacher learns from every position: score them all
+                q_t_all = self.teacher.head.score_all(states_t, item_vectors_t)  # (P, num_items + 1)
+        if not self.co_train:  # a frozen teacher's own V(s') is the max of its next row: score only the kept states and their next
+            with torch.no_grad():
+                q_t_now, q_t_next = self.teacher.head.score_all(states_t[torch.cat([keep, keep + 1])], item_vectors_t).chunk(2)
+            next_value = next_state_values(q_t_next[:, 1:])
         else:  # the teacher learns: its TD target comes from its target network
-            next_value = self.next_values(self.teacher_target, history, own.where, own.targets, teacher_columns)
+            teacher_columns = Columns(q_t_all[:, 1:], own.targets - 1, 0.0, torch.ones((), dtype=torch.bool, device=q_t_all.device))
+            next_values = self.next_values(self.teacher_target, history, own.where, own.targets, teacher_columns)
             teacher_td = replay_td_loss(
-                teacher_columns.scores[:-1], teacher_columns.target[:-1], teacher_columns.valid, next_value, self.gamma, self.loss_kind, self.td_sample(teacher_columns)
+                teacher_columns.scores[:-1], teacher_columns.target[:-1], teacher_columns.valid, next_values, self.gamma, self.loss_kind, self.td_sample(teacher_columns)
             )
             terms["teacher_rl"] = self.ce_weight * cross_entropy(teacher_columns).mean() + self.td_weight * teacher_td[own.has_next].mean()
+            q_t_now, next_value = q_t_all[keep], next_values[keep]
 
-        # distil at every trained state with a next state (its teacher TD error gives the confidence)
-        keep = own.has_next
-        logged_item = own.targets[:-1][keep]
-        q_t_all, hint_t = q_t_all[:-1][keep].detach(), states_t[:-1][keep].detach()  # distillation never reaches the teacher
-        td_error = (1.0 + self.gamma * next_value[keep] - q_t_all.gather(1, logged_item[:, None]).squeeze(1)).pow(2)
+        logged_item = own.targets[keep]
+        q_t_all, hint_t = q_t_now.detach(), states_t[keep].detach()  # distillation never reaches the teacher
+        td_error = (1.0 + self.gamma * next_value - q_t_all.gather(1, logged_item[:, None]).squeeze(1)).pow(2)
         confidence = self._confidence(td_error)
         terms["confidence"] = confidence.detach()
-        hint_s = own.states[:-1][keep]
+        hint_s = own.states[keep]
         with torch.no_grad():  # the student's score of every item, for exploring: its own training columns when they are the catalogue
             if own.columns.negatives is None:
-                q_s_all = torch.nn.functional.pad(own.columns.scores[:-1][keep], (1, 0))  # column 0: PAD
+                q_s_all = torch.nn.functional.pad(own.columns.scores[keep], (1, 0))  # column 0: PAD
             else:
                 q_s_all = self.online.head.score_all(hint_s, self.online.encoder.all_item_vectors())
 

@@ -164,6 +164,25 @@ def test_confidence_weights_each_state_before_the_mean(teacher_ckpt: Path) -> No
     assert hint == pytest.approx(unweighted["hint"].item(), rel=1e-5)
 
 
+def test_distill_states_distils_at_a_fresh_random_subset_each_step(teacher_ckpt: Path) -> None:
+    batch = window_batch(b=3)
+    states = states_with_a_next_state(batch)
+    every = terms_of(student(teacher_ckpt), batch)
+    assert every["confidence"].shape == (states,)
+    # a cap at or above the batch's states changes nothing
+    capped = terms_of(student(teacher_ckpt, distill_states=states), batch)
+    for key in ("rl", "kl", "hint", "confidence"):
+        assert torch.equal(capped[key], every[key]), key
+    module = student(teacher_ckpt, distill_states=4)
+    first = terms_of(module, batch)
+    assert first["confidence"].shape == (4,) and first["kl"] > 0 and first["hint"] > 0
+    assert torch.equal(first["rl"], every["rl"])  # the student's own loss still covers every position
+    second = module.distillation_terms(batch)  # the generator moved on: other states
+    assert not torch.equal(first["confidence"], second["confidence"])
+    with pytest.raises(ValueError, match="distill_states"):
+        student(teacher_ckpt, distill_states=0)
+
+
 def test_teacher_checkpoint_must_hold_a_dqn(tmp_path: Path) -> None:
     bad = tmp_path / "bad.ckpt"
     torch.save({"hyper_parameters": {}, "state_dict": {"x": torch.zeros(1)}}, bad)
