@@ -90,7 +90,7 @@ def serve() -> None:
     import lit_rec.cli  # noqa: F401 - the expensive imports, done once
     import datamodules.datamodule  # noqa: F401
     import callbacks  # noqa: F401
-    import lit_rec.modules.actor_critic, lit_rec.modules.dqn, lit_rec.modules.drlrec  # noqa: E401, F401
+    import lit_rec.modules.a2c, lit_rec.modules.dadrl, lit_rec.modules.dqn, lit_rec.modules.drlrec  # noqa: E401, F401
     import lit_rec.modules.linucb, lit_rec.modules.popularity, lit_rec.modules.seqrec  # noqa: E401, F401
 
     out = sys.stdout

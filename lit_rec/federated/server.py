@@ -106,9 +106,9 @@ class Server:
         return self.buffer.get(version)
 
     # ------------------------------------------------------------------ updates
-    def weights(self, base_version: Tensor) -> Tensor:
-        """Staleness weights s(version - base_version) `(n,)` of updates computed on `base_version (n,)`."""
-        return staleness_weight(self.version - base_version, self.weighting, self.weight_a, self.weight_b)
+    def weights(self, staleness: Tensor) -> Tensor:
+        """The staleness weights s(Δ) `(n,)` this server gives updates computed Δ `(n,)` versions ago."""
+        return staleness_weight(staleness, self.weighting, self.weight_a, self.weight_b)
 
     def receive(self, gradients: Tensor, base_version: Tensor, shares: Tensor | None = None, clients: Tensor | None = None) -> Tensor:
         """Buffers client gradients `(n, P)` computed on `base_version (n,)`, staleness-weighted; returns the weights `(n,)`.
@@ -130,7 +130,7 @@ class Server:
         staleness = self.version - base_version
         if bool((staleness < 0).any()) or bool((staleness > self.max_staleness).any()):
             raise ValueError(f"base versions must lie in {self.oldest_version}..{self.version}, got {base_version.tolist()}")
-        weights = self.weights(base_version).to(gradients)
+        weights = self.weights(staleness).to(gradients)
         share = torch.ones_like(weights) if shares is None else shares.to(weights)
         weighted_sum, weight_total, share_total = staleness_weighted_sums(gradients, weights, share)
         self._weighted_sum += weighted_sum
