@@ -174,20 +174,10 @@ class ActorCriticBase(RecModule):
         self.server.start()
 
     def on_fit_start(self) -> None:
-        """Builds the federation after the model reached its device (and DDP synced its parameters)."""
+        """Builds the federation after the model reached its device (and DDP synced its parameters); scoring needs its private vectors."""
         self._build_federation()
 
-    def on_validation_start(self) -> None:
-        """Private vectors are needed to score."""
-        self._build_federation()
-
-    def on_test_start(self) -> None:
-        """Private vectors are needed to score."""
-        self._build_federation()
-
-    def on_predict_start(self) -> None:
-        """Private vectors are needed to score."""
-        self._build_federation()
+    on_validation_start = on_test_start = on_predict_start = on_fit_start
 
     # ------------------------------------------------------------------ rollouts and one client's loss
     def rollout(self, cohort: Tensor) -> Windows:
