@@ -15,7 +15,7 @@ from lit_rec.functional.a2c import clip_rows
 Windows = dict[str, Tensor]
 """Clients' training windows: per-client tensors `(n, ...)` (`history`, `targets`, `mask`, `rivals`) plus shared `negatives`."""
 
-WindowLoss = Callable[[Tensor, "Tensor | None", Windows], tuple[Tensor, dict[str, Tensor]]]
+WindowLoss = Callable[[Tensor, Tensor | None, Windows], tuple[Tensor, dict[str, Tensor]]]
 """`(flat version (P,), user vectors (n, D) | None, windows (n, ...)) -> (summed loss per window (n,), aux per window (n,))`;
 aux holds at least `count`, the positions each window's loss sums."""
 
