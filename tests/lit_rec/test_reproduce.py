@@ -16,6 +16,7 @@ from torch import Tensor
 from lit_rec import reproduce
 from lit_rec.modules.popularity import Popularity
 from lit_rec.reproduce import KS, METHODS, Method, RunResult
+from lit_rec.reproduce import methods as registry
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_DATA = ["--data.synthetic_users=60", "--data.synthetic_items=150", "--data.synthetic_events_per_user=10"]
@@ -141,9 +142,9 @@ def test_method_selection_adds_the_teacher_and_rejects_unknown_names() -> None:
 
 
 def test_every_registered_method_has_a_config_and_every_budget() -> None:
-    root = Path(reproduce.__file__).resolve().parents[1]
+    assert registry.ROOT == ROOT
     for method in METHODS:
-        assert (root / method.config).is_file(), method.config
+        assert (ROOT / method.config).is_file(), method.config
         assert set(method.budgets) == set(reproduce.BUDGETS), method.name
     assert len({m.slug for m in METHODS}) == len(METHODS)
 
@@ -213,7 +214,7 @@ def test_runs_stop_early_and_are_tested_with_their_best_checkpoint(tmp_path: Pat
         Method("Scripted", scripted_config(tmp_path, "scripted", [0.0, 1.0, -1.0]), role="teacher"),
         Method("Student", scripted_config(tmp_path, "student", [1.0]), role="student", requires="Scripted"),
     ]
-    monkeypatch.setattr(reproduce, "METHODS", methods)
+    monkeypatch.setattr(registry, "METHODS", methods)  # the registry `select_methods` reads
     out = tmp_path / "out"
     code = reproduce.main(["--out", str(out), "--budget", "quick", "--wandb", "none", *TINY_DATA,
                            f"--data.cache_dir={tmp_path / 'cache'}"])

@@ -1,10 +1,14 @@
-"""CurveRecorder: keeps the Figure 2 curve (`train/ctr` against `train/episodes`) in memory for reports."""
+"""A run's curves: CurveRecorder keeps `train/ctr` against `train/episodes` (Figure 2) and every validation's
+`val/*`; `best_validation` and `best_epoch` read them."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
+
+from lit_rec.reproduce.methods import KS, MONITOR
 
 
 class CurveRecorder(L.Callback):
@@ -63,3 +67,24 @@ class CurveRecorder(L.Callback):
         self.points = [tuple(p) for p in state_dict.get("points", [])]  # type: ignore[misc]
         self.val_points = list(state_dict.get("val_points", []))
         self._batches = int(state_dict.get("batches", 0))
+
+
+def best_validation(val_curve: list[dict[str, float]]) -> dict[str, float]:
+    """The best `val/ctr@k` of a run over its validations, keyed by k."""
+    best: dict[str, float] = {}
+    for point in val_curve:
+        for k in KS:
+            value = point.get(f"val/ctr@{k}")
+            if value is not None and not math.isnan(value):
+                best[str(k)] = max(best.get(str(k), -math.inf), value)
+    return best
+
+
+def best_epoch(val_curve: list[dict[str, float]]) -> int | None:
+    """The 0-based epoch of the first validation with the highest `MONITOR`: the one ModelCheckpoint keeps
+    (it replaces its best only on a strict improvement)."""
+    points = [p for p in val_curve if p.get(MONITOR) is not None and not math.isnan(p[MONITOR]) and "epoch" in p]
+    if not points:
+        return None
+    best = max(p[MONITOR] for p in points)
+    return int(next(p["epoch"] for p in points if p[MONITOR] == best))
