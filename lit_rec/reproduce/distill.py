@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lit_rec.reproduce.methods import KS, Method
+from lit_rec.reproduce.report import heading
 
 if TYPE_CHECKING:
     from lit_rec.reproduce.fit import RunResult
@@ -68,8 +69,7 @@ def format_distill(report: dict[str, Any], meta: dict[str, Any]) -> str:
     roles = report["roles"]
     seeds = len(meta["seeds"])
     lines = [
-        f"# DRL-Rec distillation: {meta['dataset']}, budget `{meta['budget']}`, "
-        + (f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"),
+        heading("DRL-Rec distillation", meta),
         "",
         "| Model | Parameters | Latency (ms) | AUC | CTR@1 | CTR@10 | CTR@20 | CTR@50 | CTR@100 |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -54,6 +54,13 @@ def _cell(row: dict[str, Any], key: str, best: float | None, digits: int = 3) ->
     return text
 
 
+def heading(title: str, meta: dict[str, Any]) -> str:
+    """A report's Markdown title: `# <title>: <data>, budget `<budget>`, <seeds>`."""
+    seeds = len(meta["seeds"])
+    return (f"# {title}: {meta['dataset']}, budget `{meta['budget']}`, "
+            + (f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"))
+
+
 def format_table1(rows: list[dict[str, Any]], meta: dict[str, Any], failures: list[dict[str, Any]]) -> str:
     """Table 1's layout (Method | k=1 ... k=100) plus AUC and ndcg@10_full, best learned value in bold, then
     the best epoch and the seconds of training."""
@@ -62,8 +69,7 @@ def format_table1(rows: list[dict[str, Any]], meta: dict[str, Any], failures: li
     best = {key: max((r[key] for r in methods if r.get(key) is not None), default=None) for key in keys}
     seeds = len(meta["seeds"])
     lines = [
-        f"# Table 1: {meta['dataset']}, budget `{meta['budget']}`, "
-        + (f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"),
+        heading("Table 1", meta),
         "",
         "Test split, One-Plus-K CTR@k (the positive ranked first among itself and k frozen random negatives; "
         "ties share), AUC against the 100 negatives, full-ranking NDCG@10. Best learned value in bold; "
