@@ -45,3 +45,11 @@ def test_the_scan_finds_imports_in_functions_and_class_paths(tmp_path: Path) -> 
                       "x = 'text that mentions callbacks.TargetNetworkUpdate in a sentence'\n")
     assert [ref.split(": ", 1)[1] for ref in callbacks_references(module)] == [
         "import callbacks.wandb_utils", "import callbacks", "'callbacks.early_stopping.WarmupEarlyStopping'"]
+
+
+def test_the_old_curve_recorder_class_path_still_loads() -> None:
+    """Run configs of earlier reproductions name `callbacks.curve_recorder.CurveRecorder`."""
+    from callbacks.curve_recorder import CurveRecorder as Old
+    from lit_rec.reproduce.curves import CurveRecorder
+
+    assert Old is CurveRecorder
