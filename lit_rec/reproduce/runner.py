@@ -33,7 +33,6 @@ class Reproduction:
 
     def __init__(self, settings: Settings, methods: list[Method], seeds: int, command: str) -> None:
         self.settings = settings
-        self.out = settings.out
         self.methods = methods
         self.seeds = list(range(seeds))
         self.command = command
@@ -41,6 +40,11 @@ class Reproduction:
         self.failures: list[dict[str, Any]] = []
         self.started = time.perf_counter()
         self.load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+    @property
+    def out(self) -> Path:
+        """The output folder."""
+        return self.settings.out
 
     def execute(self) -> int:
         """Runs every method and seed, writes the reports; returns the exit code."""
