@@ -7,7 +7,6 @@ from callbacks.early_stopping import WarmupEarlyStopping
 from callbacks.non_finite import NonFiniteGuard
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.staleness import StalenessCallback
-from callbacks.target_update import TargetNetworkUpdate
 
 __all__ = [
     "CTRLogger",
@@ -16,6 +15,5 @@ __all__ = [
     "NonFiniteGuard",
     "PredictionWriter",
     "StalenessCallback",
-    "TargetNetworkUpdate",
     "WarmupEarlyStopping",
 ]

@@ -163,7 +163,6 @@ METHODS: dict[str, list[str]] = {
 }
 # callback arguments changed so that their schedules fire within 14 steps
 CALLBACK_ARGS = {
-    "callbacks.target_update.TargetNetworkUpdate": {"every_n_steps": 3},
     "callbacks.staleness.StalenessCallback": {"histogram_every_n_steps": 3},
 }
 
