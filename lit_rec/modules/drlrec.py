@@ -8,7 +8,8 @@ batch of windows, top to bottom:
 
 1. the student's own DQN loss (`DQN.q_losses`: every position, the whole catalogue);
 2. the teacher's squared TD error delta at every position with a next state gives that state a
-   confidence c(delta) (`callbacks.ConfidenceCallback`, or the official batch-max formula without it);
+   confidence c(delta) (`confidence_formula`: the official batch-max one, or exp(-delta / sigma^2) with a
+   running sigma^2 kept in a buffer, so it is checkpointed);
 3. exploring/filtering: per state a candidate set of `num_candidates` items (the logged item and
    `train_negatives` random items, then popularity- and uniform-sampled items), scored by both
    networks; the lessons are the teacher's top-k united with the student's top-k, de-duplicated
@@ -27,22 +28,20 @@ from __future__ import annotations
 
 import copy
 import inspect
-import statistics
-import time
-from collections.abc import Callable
 from contextlib import nullcontext
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from lit_rec.functional.distill import (
     batch_max_confidence,
+    exp_confidence,
     explore_candidates,
     filter_topk_union,
     hint_mse,
     listwise_kl,
+    running_mean_update,
     weighted_mean,
 )
 from lit_rec.functional.next_item import Columns, cross_entropy
@@ -51,11 +50,6 @@ from lit_rec.modules.base import RecModule
 from lit_rec.modules.dqn import DQN
 from lit_rec.networks import QNetwork
 from lit_rec.sampling import SeededGenerator
-
-
-def num_parameters(network: nn.Module) -> int:
-    """Parameters of a network, trainable or frozen (target networks are separate modules, never counted)."""
-    return sum(p.numel() for p in network.parameters())
 
 
 def load_teacher(path: str, num_items: int, num_users: int) -> DQN:
@@ -78,66 +72,6 @@ def load_teacher(path: str, num_items: int, num_users: int) -> DQN:
             first = str(error).strip().splitlines()[-1].strip()
             raise ValueError(f"teacher checkpoint {path} does not fit this data's catalogue ({num_items} items): {first}") from None
     return teacher
-
-
-@torch.inference_mode()
-def scoring_latency_ms(
-    networks: dict[str, nn.Module],
-    num_items: int,
-    history_len: int,
-    num_candidates: int = 1000,
-    repeats: int = 50,
-    seed: int = 0,
-    clock: Callable[[], float] = time.perf_counter,
-) -> dict[str, float]:
-    """Median milliseconds per network to score `num_candidates` items for one request, the networks interleaved.
-
-    A network is a module with `score(history, candidates)` (a `QNetwork`) or one called that way (an
-    exported TorchScript artefact). Uses the current torch thread count and each network's device;
-    the networks are put in eval mode for the measurement and restored after it. `clock` may be
-    `time.thread_time` (CPU time of this thread) to ignore other processes on a shared machine when
-    torch runs one thread.
-    """
-    g = torch.Generator().manual_seed(seed)
-    history = torch.randint(1, num_items + 1, (1, history_len), generator=g)
-    candidates = torch.randint(1, num_items + 1, (1, num_candidates), generator=g)
-    modes = {name: net.training for name, net in networks.items() if hasattr(net, "training")}  # frozen TorchScript has none
-    times: dict[str, list[float]] = {name: [] for name in networks}
-    for name in modes:
-        networks[name].eval()
-    try:
-        for i in range(repeats + 3):  # 3 warm-up rounds
-            for name, net in networks.items():
-                first = next(iter(net.parameters()), None)
-                device = first.device if first is not None else torch.device("cpu")
-                h, c = history.to(device), candidates.to(device)
-                start = clock()
-                getattr(net, "score", net)(h, c)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if i >= 3:
-                    times[name].append(clock() - start)
-    finally:
-        for name, mode in modes.items():
-            networks[name].train(mode)
-    return {name: 1000.0 * statistics.median(values) for name, values in times.items()}
-
-
-def serving_latency_ms(teacher: DQN, student: DQN, workdir: str | Path, repeats: int = 200) -> dict[str, float]:
-    """Median ms to score 1000 candidates for one request: `teacher`, `student` (eager online networks) and
-    `teacher_artefact`, `student_artefact` (their `lit_rec.export` TorchScript files, written to `workdir`).
-
-    The four are interleaved and timed on this thread's CPU time (`time.thread_time`), so other processes on
-    a shared machine do not inflate the figures when torch runs one thread.
-    """
-    from lit_rec.export import export  # lit_rec.export loads modules by class path: imported late
-
-    networks: dict[str, nn.Module] = {"teacher": teacher.online, "student": student.online}
-    for role, module in (("teacher", teacher), ("student", student)):
-        path = Path(workdir) / f"{role}.pt"
-        export(module, path)
-        networks[f"{role}_artefact"] = torch.jit.load(str(path))
-    return scoring_latency_ms(networks, student.num_items, student.history_len, 1000, repeats, clock=time.thread_time)
 
 
 LOGGED_TERMS = {
@@ -163,6 +97,9 @@ class DRLRecStudent(DQN):
         temperature: float = 1.0,
         explore_filter: bool = True,
         confidence: bool = True,
+        confidence_formula: Literal["batch_max", "exp"] = "batch_max",
+        min_confidence: float = 0.0,
+        confidence_momentum: float = 0.99,
         kl: bool = True,
         hint: bool = True,
         distill_states: int | None = None,
@@ -173,7 +110,6 @@ class DRLRecStudent(DQN):
         teacher_num_heads: int = 2,
         double: bool = True,
         dim: int = 32,
-        latency_candidates: int = 1000,
         **kwargs: Any,
     ) -> None:
         """Args:
@@ -190,6 +126,10 @@ class DRLRecStudent(DQN):
         explore_filter: distil on each state's filtered lessons (teacher top-k + student top-k of
             `num_candidates` explored items); false distils on the transition's own candidates.
         confidence: weight each state's distillation terms by the teacher's confidence; false: weight 1.
+        confidence_formula: `batch_max` (official code: 1 - delta / max delta over the batch) or `exp`
+            (exp(-delta / sigma^2), sigma^2 a running mean of delta over the batches of every rank).
+        min_confidence: lower clamp of every confidence (1 is the upper clamp).
+        confidence_momentum: weight of the past in the running sigma^2 of `exp`.
         kl: include the KL term.
         hint: include the hint term.
         distill_states: distil at this many of a batch's states, drawn at random each step (the student's own
@@ -201,7 +141,6 @@ class DRLRecStudent(DQN):
         teacher_num_heads: attention heads of a co-trained teacher built from scratch.
         double: Double-DQN target for the student (the official "DDQN").
         dim: the student's width, of its state (hint) and item vectors (the teacher's shape, narrower).
-        latency_candidates: candidates per request when timing the networks at fit start (`model/latency_ms`).
         """
         super().__init__(double=double, dim=dim, **kwargs)
         if w_rl < 0 or w_kl < 0 or w_hint < 0 or temperature <= 0:
@@ -214,11 +153,16 @@ class DRLRecStudent(DQN):
             raise ValueError(f"distill_states must be >= 1 or null (every state), got {distill_states}")
         self.distill_states = distill_states
         self.num_candidates, self.top_k, self.popularity_fraction = num_candidates, top_k, popularity_fraction
-        self.latency_candidates = latency_candidates
+        if confidence_formula not in ("batch_max", "exp") or not 0 <= min_confidence <= 1 or not 0 <= confidence_momentum < 1:
+            raise ValueError(
+                f"DRLRecStudent needs confidence_formula 'batch_max' or 'exp', 0 <= min_confidence <= 1 and 0 <= confidence_momentum < 1, "
+                f"got {confidence_formula!r}, {min_confidence}, {confidence_momentum}"
+            )
+        self.confidence_formula, self.min_confidence, self.confidence_momentum = confidence_formula, min_confidence, confidence_momentum
+        self.register_buffer("confidence_sigma2", torch.zeros(()))  # running mean of delta (`exp`)
+        self.register_buffer("confidence_batches", torch.zeros((), dtype=torch.long))  # batches behind it
+        self.last_confidence: Tensor | None = None  # the last training step's confidences `(S,)`, for callbacks.ConfidenceLogger
         self.explore_rng = SeededGenerator(self.seed + 3)
-        self.confidence_fn: Any = None  # set by callbacks.ConfidenceCallback
-        self.last_confidence: Tensor | None = None
-        self.model_stats: dict[str, float] = {}
         self.teacher_ckpt, self.teacher_dim = teacher_ckpt, teacher_dim
         self.teacher: QNetwork | None = None
         self.teacher_target: QNetwork | None = None
@@ -298,28 +242,6 @@ class DRLRecStudent(DQN):
             pairs.append((self.teacher, self.teacher_target))
         return pairs
 
-    def on_fit_start(self) -> None:
-        """Logs `model/params` and `model/latency_ms` of the student (and the teacher's, with their ratios)."""
-        networks = {"student": self.online}
-        if self.teacher is not None:
-            networks["teacher"] = self.teacher
-        latency = scoring_latency_ms(networks, self.num_items, self.history_len, self.latency_candidates, repeats=20)
-        stats = {"model/params": float(num_parameters(self.online)), "model/latency_ms": latency["student"]}
-        if self.teacher is not None:
-            teacher_params = num_parameters(self.teacher)
-            stats.update(
-                {
-                    "model/teacher_params": float(teacher_params),
-                    "model/teacher_latency_ms": latency["teacher"],
-                    "model/param_ratio": stats["model/params"] / teacher_params,
-                    "model/latency_ratio": latency["student"] / latency["teacher"],
-                }
-            )
-        self.model_stats = stats
-        if self.trainer.is_global_zero:
-            for logger in self.loggers:
-                logger.log_metrics(stats, step=self.global_step)
-
     # ------------------------------------------------------------------ checkpoints
     def _frozen_teacher_keys(self) -> tuple[str, ...]:
         """State-dict prefixes of a frozen teacher (empty when there is none or it is co-trained)."""
@@ -341,13 +263,20 @@ class DRLRecStudent(DQN):
             checkpoint["state_dict"] = {**checkpoint["state_dict"], **own}
 
     # ------------------------------------------------------------------ learning
-    def _confidence(self, td_error: Tensor) -> Tensor:
-        """Per-state confidence `(B,)`: the callback's formula, else the official batch-max one; 1 when disabled."""
+    def confidence_weights(self, td_error: Tensor) -> Tensor:
+        """Per-state confidence `(S,)` in `[min_confidence, 1]` of the teacher's squared TD errors `(S,)`; 1 when disabled."""
         if not self.use_confidence:
             return torch.ones_like(td_error)
-        if self.confidence_fn is not None:
-            return self.confidence_fn(td_error)
-        return batch_max_confidence(td_error)
+        delta = td_error.detach()
+        if self.confidence_formula == "batch_max":
+            return batch_max_confidence(delta, self.min_confidence)
+        batch_mean = delta.mean()
+        if self._trainer is not None and self.trainer.world_size > 1:  # every rank weights alike
+            batch_mean = self.trainer.strategy.reduce(batch_mean, reduce_op="mean")
+        sigma2 = running_mean_update(self.confidence_sigma2, batch_mean, self.confidence_momentum, int(self.confidence_batches))
+        self.confidence_sigma2.copy_(sigma2)
+        self.confidence_batches.add_(1)
+        return exp_confidence(delta, self.confidence_sigma2, self.min_confidence)
 
     def distillation_terms(self, batch: dict[str, Tensor]) -> dict[str, Any]:
         """The unweighted terms of one batch of windows.
@@ -390,7 +319,7 @@ class DRLRecStudent(DQN):
         logged_item = own.targets[keep]
         q_t_all, hint_t = q_t_now.detach(), states_t[keep].detach()  # distillation never reaches the teacher
         td_error = (1.0 + self.gamma * next_value - q_t_all.gather(1, logged_item[:, None]).squeeze(1)).pow(2)
-        confidence = self._confidence(td_error)
+        confidence = self.confidence_weights(td_error)
         terms["confidence"] = confidence.detach()
         hint_s = own.states[keep]
         with torch.no_grad():  # the student's score of every item, for exploring: its own training columns when they are the catalogue
