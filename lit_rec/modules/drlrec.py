@@ -7,9 +7,8 @@ supervised terms, target network), whose loss adds the distillation terms. One t
 batch of windows, top to bottom:
 
 1. the student's own DQN loss (`DQN.q_losses`: every position, the whole catalogue);
-2. the teacher's squared TD error delta at every position with a next state gives that state a
-   confidence c(delta) (`confidence_formula`: the official batch-max one, or exp(-delta / sigma^2) with a
-   running sigma^2 kept in a buffer, so it is checkpointed);
+2. the teacher's squared TD error delta at every position with a next state gives that state a confidence
+   c(delta) (`confidence_formula`: official batch-max, or exp(-delta / sigma^2), sigma^2 a running buffer);
 3. exploring/filtering: per state a candidate set of `num_candidates` items (the logged item and
    `train_negatives` random items, then popularity- and uniform-sampled items), scored by both
    networks; the lessons are the teacher's top-k united with the student's top-k, de-duplicated
@@ -26,61 +25,24 @@ teacher has `requires_grad=False` and stays in eval mode. The math is in `lit_re
 
 from __future__ import annotations
 
-import copy
-import inspect
 from contextlib import nullcontext
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from lit_rec.functional.distill import (
-    batch_max_confidence,
-    exp_confidence,
-    explore_candidates,
-    filter_topk_union,
-    hint_mse,
-    listwise_kl,
-    running_mean_update,
-    weighted_mean,
-)
+from lit_rec.functional.distill import batch_max_confidence, exp_confidence, explore_and_filter
+from lit_rec.functional.distill import hint_mse, listwise_kl, running_mean_update, weighted_mean
 from lit_rec.functional.next_item import Columns, cross_entropy
 from lit_rec.functional.td import next_state_values, replay_td_loss
-from lit_rec.modules.base import RecModule
 from lit_rec.modules.dqn import DQN
+from lit_rec.modules.teacher import fresh_teacher_networks, teacher_networks
 from lit_rec.networks import QNetwork
 from lit_rec.sampling import SeededGenerator
 
-
-def load_teacher(path: str, num_items: int, num_users: int) -> DQN:
-    """The DQN of a Lightning checkpoint (its hyperparameters, online and target weights), on CPU."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    accepted = (set(inspect.signature(DQN.__init__).parameters) | set(inspect.signature(RecModule.__init__).parameters)) - {
-        "self", "kwargs", "num_items", "num_users"
-    }
-    hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}
-    with torch.random.fork_rng(devices=[]):  # building a DQN must not move the global RNG
-        teacher = DQN(num_items=num_items, num_users=num_users, **hparams)
-    for name in ("online", "target"):
-        prefix = f"{name}."
-        weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-        if not weights:
-            raise ValueError(f"teacher checkpoint {path} has no '{prefix}*' weights: is it a DQN run (configs/drlrec_teacher.yaml)?")
-        try:
-            getattr(teacher, name).load_state_dict(weights)
-        except RuntimeError as error:
-            first = str(error).strip().splitlines()[-1].strip()
-            raise ValueError(f"teacher checkpoint {path} does not fit this data's catalogue ({num_items} items): {first}") from None
-    return teacher
-
-
-LOGGED_TERMS = {
-    "rl": "train/loss_rl",
-    "teacher_rl": "train/loss_teacher",
-    "kl": "distill/kl",
-    "hint": "distill/hint",
-    "filtered_size": "distill/filtered_size",
-}
+LOGGED_TERMS = {"rl": "train/loss_rl", "teacher_rl": "train/loss_teacher", "kl": "distill/kl", "hint": "distill/hint",
+                "filtered_size": "distill/filtered_size"}
+FROZEN_TEACHER_KEYS = ("teacher.", "teacher_target.")  # state-dict prefixes of a frozen teacher, never saved with the student
 
 
 class DRLRecStudent(DQN):
@@ -154,10 +116,8 @@ class DRLRecStudent(DQN):
         self.distill_states = distill_states
         self.num_candidates, self.top_k, self.popularity_fraction = num_candidates, top_k, popularity_fraction
         if confidence_formula not in ("batch_max", "exp") or not 0 <= min_confidence <= 1 or not 0 <= confidence_momentum < 1:
-            raise ValueError(
-                f"DRLRecStudent needs confidence_formula 'batch_max' or 'exp', 0 <= min_confidence <= 1 and 0 <= confidence_momentum < 1, "
-                f"got {confidence_formula!r}, {min_confidence}, {confidence_momentum}"
-            )
+            raise ValueError(f"DRLRecStudent needs confidence_formula 'batch_max' or 'exp', 0 <= min_confidence <= 1 and 0 <= confidence_momentum "
+                             f"< 1, got {confidence_formula!r}, {min_confidence}, {confidence_momentum}")
         self.confidence_formula, self.min_confidence, self.confidence_momentum = confidence_formula, min_confidence, confidence_momentum
         self.register_buffer("confidence_sigma2", torch.zeros(()))  # running mean of delta (`exp`)
         self.register_buffer("confidence_batches", torch.zeros((), dtype=torch.long))  # batches behind it
@@ -168,9 +128,9 @@ class DRLRecStudent(DQN):
         self.teacher_target: QNetwork | None = None
         if self.co_train:  # a trained teacher is part of the module and of its checkpoints
             if teacher_ckpt is not None:
-                online, target = self._read_teacher()
+                online, target = teacher_networks(teacher_ckpt, self)
             else:
-                online, target = self._fresh_teacher(teacher_dim, teacher_num_heads)
+                online, target = fresh_teacher_networks(self, teacher_dim, teacher_num_heads)
             self.teacher, self.teacher_target = online, target.requires_grad_(False).eval()
             self.teacher_dim = online.encoder.dim
         # a frozen teacher is read from teacher_ckpt in setup("fit") and never saved with the student
@@ -181,43 +141,20 @@ class DRLRecStudent(DQN):
             self.hint_projection: nn.Module = nn.Linear(dim, self.teacher_dim, bias=False) if project else nn.Identity()
         self._item_popularity: Tensor | None = None
 
-    def _read_teacher(self) -> tuple[QNetwork, QNetwork]:
-        """The teacher's online and target networks from `teacher_ckpt`, checked against the student."""
-        assert self.teacher_ckpt is not None
-        teacher = load_teacher(self.teacher_ckpt, self.num_items, self.num_users)
-        if teacher.history_len != self.history_len:
-            raise ValueError(f"teacher {self.teacher_ckpt} has history_len={teacher.history_len}, the student {self.history_len}")
-        return teacher.online, teacher.target
-
-    def _fresh_teacher(self, dim: int, num_heads: int) -> tuple[QNetwork, QNetwork]:
-        """A new teacher (seeded from `seed`) for co-training from scratch."""
-        hp = self.hparams
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed + 100)
-            online = self.build_network(dim, num_heads, hp["num_layers"], hp["dropout"], hp["item_init_std"])
-        return online, copy.deepcopy(online)
-
     def load_frozen_teacher(self, device: torch.device | str = "cpu") -> None:
         """Reads the frozen teacher from `teacher_ckpt` (no gradient, eval mode) unless it is already there."""
-        if not self.distill or self.teacher is not None:
+        if not self.distill or self.teacher is not None or self.teacher_ckpt is None:
             return
-        online, target = self._read_teacher()
-        if online.encoder.dim != self.teacher_dim:
-            raise ValueError(
-                f"teacher {self.teacher_ckpt} has width {online.encoder.dim}, but teacher_dim={self.teacher_dim}: "
-                f"set --model.init_args.teacher_dim={online.encoder.dim}"
-            )
-        self.teacher = online.requires_grad_(False).eval().to(device)
-        self.teacher_target = target.requires_grad_(False).eval().to(device)
+        online, target = teacher_networks(self.teacher_ckpt, self, self.teacher_dim)
+        self.teacher, self.teacher_target = (net.requires_grad_(False).eval().to(device) for net in (online, target))
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
         """Reads a frozen teacher and keeps the train popularity for exploring."""
         super().setup(stage)
         if stage == "fit":
-            device = self.trainer.strategy.root_device
-            self.load_frozen_teacher(device)
-            self._item_popularity = self.tensors.item_popularity.to(device)
+            self.load_frozen_teacher(self.trainer.strategy.root_device)
+            self._item_popularity = self.tensors.item_popularity.to(self.trainer.strategy.root_device)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """One Adam over the student, its hint projection and, when co-trained, the teacher (disjoint losses)."""
@@ -237,29 +174,21 @@ class DRLRecStudent(DQN):
 
     def target_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """The student's `(online, target)`, and the teacher's when it is co-trained."""
-        pairs = super().target_pairs()
-        if self.co_train and self.teacher is not None and self.teacher_target is not None:
-            pairs.append((self.teacher, self.teacher_target))
-        return pairs
+        co_trained = self.co_train and self.teacher is not None and self.teacher_target is not None
+        return super().target_pairs() + ([(self.teacher, self.teacher_target)] if co_trained else [])
 
     # ------------------------------------------------------------------ checkpoints
-    def _frozen_teacher_keys(self) -> tuple[str, ...]:
-        """State-dict prefixes of a frozen teacher (empty when there is none or it is co-trained)."""
-        return () if self.co_train or self.teacher is None else ("teacher.", "teacher_target.")
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """DQN's state (generators) without a frozen teacher's weights (they stay in teacher_ckpt)."""
         super().on_save_checkpoint(checkpoint)
-        frozen = self._frozen_teacher_keys()
-        if frozen:
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(frozen)}
+        if not self.co_train and self.teacher is not None:
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(FROZEN_TEACHER_KEYS)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """DQN's restore; a frozen teacher read from teacher_ckpt keeps its weights (strict loading sees them)."""
         super().on_load_checkpoint(checkpoint)
-        frozen = self._frozen_teacher_keys()
-        if frozen:
-            own = {k: v for k, v in self.state_dict().items() if k.startswith(frozen)}
+        if not self.co_train and self.teacher is not None:
+            own = {k: v for k, v in self.state_dict().items() if k.startswith(FROZEN_TEACHER_KEYS)}
             checkpoint["state_dict"] = {**checkpoint["state_dict"], **own}
 
     # ------------------------------------------------------------------ learning
@@ -338,7 +267,10 @@ class DRLRecStudent(DQN):
         vectors_s = self.online.encoder.item_vectors(logged)
         lessons = [(self.online.head(hint_s, vectors_s), q_t_all.gather(1, logged), vectors_s, vectors_t_all[logged], everything)]
         if self.explore_filter:
-            items, mask_items = self._explore_and_filter(logged, q_s_all, q_t_all)
+            assert self._item_popularity is not None
+            with torch.no_grad():
+                items, mask_items = explore_and_filter(logged, q_t_all, q_s_all, self.num_candidates, self._item_popularity,
+                                                       self.explore_rng.generator, self.popularity_fraction, self.top_k)
             vectors_s = self.online.encoder.item_vectors(items)
             lessons.append((self.online.head(hint_s, vectors_s), q_t_all.gather(1, items), vectors_s, vectors_t_all[items], mask_items))
             terms["filtered_size"] = mask_items.sum(1).float().mean()
@@ -365,15 +297,3 @@ class DRLRecStudent(DQN):
         self.log_step("train/loss", loss, prog_bar=True)
         self.log_window_ctr(terms["columns"], self.rng.generator)
         return loss
-
-    @torch.no_grad()
-    def _explore_and_filter(self, logged: Tensor, q_s_all: Tensor, q_t_all: Tensor) -> tuple[Tensor, Tensor]:
-        """Lessons per state: `items (P, 2k)` (teacher top-k then student top-k of the explored candidates) and the de-dup mask.
-
-        Both networks' scores of every item `(P, num_items + 1)` are given; the explored candidates
-        are gathered from them.
-        """
-        assert self._item_popularity is not None
-        candidates = explore_candidates(logged, self.num_candidates, self._item_popularity, self.explore_rng.generator, self.popularity_fraction)
-        columns, mask = filter_topk_union(candidates, q_t_all.gather(1, candidates), q_s_all.gather(1, candidates), self.top_k)
-        return candidates.gather(1, columns), mask
