@@ -119,8 +119,9 @@ class DRLRecStudent(DQN):
             raise ValueError(f"DRLRecStudent needs confidence_formula 'batch_max' or 'exp', 0 <= min_confidence <= 1 and 0 <= confidence_momentum "
                              f"< 1, got {confidence_formula!r}, {min_confidence}, {confidence_momentum}")
         self.confidence_formula, self.min_confidence, self.confidence_momentum = confidence_formula, min_confidence, confidence_momentum
-        self.register_buffer("confidence_sigma2", torch.zeros(()))  # running mean of delta (`exp`)
-        self.register_buffer("confidence_batches", torch.zeros((), dtype=torch.long))  # batches behind it
+        if confidence_formula == "exp":  # its running mean of delta and the batches behind it, checkpointed (batch_max has no state)
+            self.register_buffer("confidence_sigma2", torch.zeros(()))
+            self.register_buffer("confidence_batches", torch.zeros((), dtype=torch.long))
         self.last_confidence: Tensor | None = None  # the last training step's confidences `(S,)`, for callbacks.ConfidenceLogger
         self.explore_rng = SeededGenerator(self.seed + 3)
         self.teacher_ckpt, self.teacher_dim = teacher_ckpt, teacher_dim

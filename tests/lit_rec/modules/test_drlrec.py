@@ -172,6 +172,7 @@ def test_batch_max_confidence_on_hand_numbers_with_clamping(teacher_ckpt: Path) 
     c = module.confidence_weights(torch.tensor([0.0, 1.0, 4.0]))
     assert torch.allclose(c, torch.tensor([1.0, 0.75, 0.25]), atol=1e-6)  # 1 - delta / 4, the last clamped from 0
     assert torch.equal(student(teacher_ckpt, confidence=False).confidence_weights(torch.tensor([0.0, 4.0])), torch.ones(2))
+    assert not any(k.startswith("confidence_") for k in module.state_dict())  # batch_max keeps no state: checkpoints as before
 
 
 def test_exp_confidence_keeps_a_running_sigma2_in_the_modules_state(teacher_ckpt: Path) -> None:
