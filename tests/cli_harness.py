@@ -161,7 +161,6 @@ SHRINK: dict[str, list[str]] = {
 METHODS: dict[str, list[str]] = {name: SHRINK.get(name, []) for name in config_names()}
 # callback arguments changed so that their schedules fire within 14 steps
 CALLBACK_ARGS = {
-    "callbacks.target_update.TargetNetworkUpdate": {"every_n_steps": 3},
     "callbacks.staleness.StalenessCallback": {"histogram_every_n_steps": 3},
 }
 

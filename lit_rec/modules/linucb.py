@@ -9,7 +9,7 @@ from torch import Tensor
 
 from lit_rec.distributed import all_gather_rows
 from lit_rec.functional.linucb import linucb_features, sherman_morrison_update, ucb_scores
-from lit_rec.modules.base import StatisticsModule
+from lit_rec.modules.statistics import StatisticsModule
 from lit_rec.sampling import SeededGenerator, training_candidates
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from lit_rec.distributed import all_gather_rows
-from lit_rec.modules.base import StatisticsModule
+from lit_rec.modules.statistics import StatisticsModule
 from lit_rec.sampling import SeededGenerator, training_candidates
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -9,9 +10,11 @@ import pytest
 import torch
 import yaml
 
+from callbacks.model_stats import ModelStatsLogger
 from lit_rec.cli import make_cli
 from lit_rec.modules.dqn import DQN
-from lit_rec.modules.drlrec import DRLRecStudent, num_parameters
+from lit_rec.modules.drlrec import DRLRecStudent
+from lit_rec.serving import num_parameters
 from lit_rec.sampling import SeededGenerator
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -148,7 +151,7 @@ def test_ablation_flags_change_the_loss_as_expected(teacher_ckpt: Path) -> None:
 def test_confidence_weights_each_state_before_the_mean(teacher_ckpt: Path) -> None:
     batch = window_batch(b=2)
     module = student(teacher_ckpt, explore_filter=False)  # lessons = the training candidates
-    module.confidence_fn = lambda delta: torch.zeros_like(delta)
+    module.confidence_weights = lambda delta: torch.zeros_like(delta)
     terms = terms_of(module, batch)
     assert terms["kl"].item() == 0.0 and terms["hint"].item() == 0.0
     # mean over the S states of c_i * loss_i: one state at a time (c = e_i) adds up to the unweighted mean
@@ -156,12 +159,38 @@ def test_confidence_weights_each_state_before_the_mean(teacher_ckpt: Path) -> No
     unweighted = terms_of(student(teacher_ckpt, explore_filter=False, confidence=False), batch)
     kl, hint = 0.0, 0.0
     for i in range(states):
-        module.confidence_fn = lambda delta, i=i: torch.nn.functional.one_hot(torch.tensor(i), states).float()
+        module.confidence_weights = lambda delta, i=i: torch.nn.functional.one_hot(torch.tensor(i), states).float()
         one = terms_of(module, batch)
         assert one["kl"] > 0 and one["hint"] > 0
         kl, hint = kl + one["kl"].item(), hint + one["hint"].item()
     assert kl == pytest.approx(unweighted["kl"].item(), rel=1e-5)
     assert hint == pytest.approx(unweighted["hint"].item(), rel=1e-5)
+
+
+def test_batch_max_confidence_on_hand_numbers_with_clamping(teacher_ckpt: Path) -> None:
+    module = student(teacher_ckpt, min_confidence=0.25)  # the shipped formula, batch_max
+    c = module.confidence_weights(torch.tensor([0.0, 1.0, 4.0]))
+    assert torch.allclose(c, torch.tensor([1.0, 0.75, 0.25]), atol=1e-6)  # 1 - delta / 4, the last clamped from 0
+    assert torch.equal(student(teacher_ckpt, confidence=False).confidence_weights(torch.tensor([0.0, 4.0])), torch.ones(2))
+    assert not any(k.startswith("confidence_") for k in module.state_dict())  # batch_max keeps no state: checkpoints as before
+
+
+def test_exp_confidence_keeps_a_running_sigma2_in_the_modules_state(teacher_ckpt: Path) -> None:
+    module = student(teacher_ckpt, confidence_formula="exp", confidence_momentum=0.5)
+    first = module.confidence_weights(torch.tensor([0.0, 2.0]))  # sigma^2 = mean delta = 1
+    assert torch.allclose(first, torch.tensor([1.0, math.exp(-2.0)]))
+    second = module.confidence_weights(torch.tensor([4.0, 4.0]))  # sigma^2 = 0.5 * 1 + 0.5 * 4 = 2.5
+    assert module.confidence_sigma2.item() == pytest.approx(2.5) and int(module.confidence_batches) == 2
+    assert torch.allclose(second, torch.full((2,), math.exp(-4.0 / 2.5)))
+    clamped = student(teacher_ckpt, confidence_formula="exp", min_confidence=0.5).confidence_weights(torch.tensor([0.0, 10.0]))
+    assert clamped.tolist() == [1.0, 0.5]
+    # the running state is in the state dict: a module restored from it continues alike
+    restored = student(teacher_ckpt, confidence_formula="exp", confidence_momentum=0.5)
+    restored.load_state_dict(module.state_dict())
+    delta = torch.tensor([0.5, 5.0])
+    assert torch.equal(module.confidence_weights(delta), restored.confidence_weights(delta))
+    with pytest.raises(ValueError, match="confidence_formula"):
+        student(teacher_ckpt, confidence_formula="softmax")
 
 
 def test_distill_states_distils_at_a_fresh_random_subset_each_step(teacher_ckpt: Path) -> None:
@@ -213,10 +242,9 @@ def tiny_config(tmp_path: Path, name: str, ckpt_dir: Path | None = None, every_n
     for callback in spec["trainer"]["callbacks"]:
         if callback["class_path"].endswith("ModelCheckpoint") and "monitor" not in callback.get("init_args", {}):
             callback["init_args"] = {"every_n_train_steps": every_n_steps, "save_last": True, "dirpath": str(ckpt_dir or tmp_path / "ckpt")}
-        if callback["class_path"].endswith("ConfidenceCallback"):
-            callback["init_args"]["formula"] = confidence
-        if callback["class_path"].endswith("TargetNetworkUpdate"):
-            callback["init_args"]["every_n_steps"] = 5
+    spec["model"]["init_args"]["target_every_n_steps"] = 5
+    if "confidence_formula" in spec["model"]["init_args"]:
+        spec["model"]["init_args"]["confidence_formula"] = confidence
     path = tmp_path / f"tiny_{name}"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -248,7 +276,7 @@ def test_teacher_then_student_fit_end_to_end(tmp_path: Path) -> None:
     # at most top-k of each network; fewer than k when the explored set (drawn with replacement) repeats an item
     assert 1 <= metrics["distill/filtered_size"] <= 10
     assert 0 <= metrics["distill/confidence_mean"] <= 1
-    stats = model.model_stats
+    stats = next(c for c in cli.trainer.callbacks if isinstance(c, ModelStatsLogger)).stats
     assert stats["model/params"] == num_parameters(model.online) < stats["model/teacher_params"]
     assert stats["model/latency_ms"] > 0 and stats["model/param_ratio"] < 0.5
     assert 0 <= model.last_metrics["val/auc"] <= 1
@@ -297,5 +325,4 @@ def test_student_resumes_exactly_from_a_mid_epoch_checkpoint(tmp_path: Path, tea
     for name, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
     assert resumed.model.last_metrics == full.model.last_metrics
-    sigma2 = [c.sigma2 for c in (full.trainer.callbacks + resumed.trainer.callbacks) if type(c).__name__ == "ConfidenceCallback"]
-    assert len(sigma2) == 2 and torch.equal(sigma2[0], sigma2[1])
+    assert int(full.model.confidence_batches) == 2 * 11  # exp: the running sigma^2 (in the state dict, compared above) saw every step
