@@ -130,7 +130,7 @@ class PlainLoop:
         self.model, self.datamodule = model, datamodule
         model.training_softmax.fit(datamodule.tensors.item_popularity)  # what DQN.setup does for training
         self.optimizer = model.configure_optimizers()
-        self.rivals = max(1, int(datamodule.train_negatives))  # RecModule.num_rivals
+        self.rivals = max(1, model.train_negatives)  # RecModule.train_negatives, linked from the data
         self.target_every, self.tau = target_every, tau
         self.steps = 0
         self.starts: list[float] = []

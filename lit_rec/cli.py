@@ -43,6 +43,7 @@ class LitRecCLI(LightningCLI):
         parser.link_arguments("data.num_users", "model.init_args.num_users", apply_on="instantiate")
         parser.link_arguments("data.eval_ks", "model.init_args.eval_ks")
         parser.link_arguments("data.history_len", "model.init_args.history_len")
+        parser.link_arguments("data.train_negatives", "model.init_args.train_negatives")
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
         """Parses, then loads `--ckpt_path` once: a bad file is one line before Lightning reads it."""

@@ -149,7 +149,7 @@ DATA_ARGS = [
     "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
 ]
 CHECKPOINT_EVERY = 4  # step 4 is mid first epoch, step 8 early in the second
-SMALL_NETWORK = ["--model.init_args.dim=32"]
+SMALL_NETWORK = ["--model.init_args.encoder.dim=32"]
 # the arguments that shrink a method config to seconds (every argument not named here is the config's)
 SHRINK: dict[str, list[str]] = {
     "seqrec": SMALL_NETWORK,

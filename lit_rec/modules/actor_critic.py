@@ -29,7 +29,7 @@ from lit_rec.federated.gradients import write_flat_gradient
 from lit_rec.functional.a2c import window_a2c_loss
 from lit_rec.functional.next_item import TrainingSoftmax, cross_entropy, full_catalogue, greedy_hits, sampled_catalogue
 from lit_rec.modules.base import RecModule
-from lit_rec.networks import ActorCritic, ActorHead, CriticHead, SeqEncoder
+from lit_rec.networks import ActorCritic, ActorHead, CriticHead, EncoderConfig
 from lit_rec.sampling import SeededGenerator
 
 
@@ -84,11 +84,7 @@ class ActorCriticBase(RecModule):
         server_optimizer: Literal["adam", "sgd"] = "adam",
         adam_betas: tuple[float, float] = (0.9, 0.999),
         cohort_size: int | None = None,
-        dim: int = 64,
-        num_layers: int = 2,
-        num_heads: int = 2,
-        dropout: float = 0.2,
-        item_init_std: float = 0.02,
+        encoder: EncoderConfig = EncoderConfig(),
         softmax: Literal["full", "sampled"] = "full",
         sampled_negatives: int = 1024,
         seed: int = 0,
@@ -107,11 +103,7 @@ class ActorCriticBase(RecModule):
         adam_betas: the server's Adam betas.
         cohort_size: clients per server step; None: the data's batch size / local_steps, so an
             epoch is about one pass over the train events.
-        dim: width of the encoder's embeddings, Transformer, state and private user vectors.
-        num_layers: causal Transformer blocks.
-        num_heads: attention heads (must divide dim).
-        dropout: encoder dropout during training.
-        item_init_std: standard deviation of the item embeddings at initialisation.
+        encoder: the SASRec encoder's shape (`lit_rec.networks.EncoderConfig`).
         softmax: the actor's columns: the `full` catalogue, or a `sampled` logQ-corrected softmax (one sample per server step).
         sampled_negatives: items per server step of the sampled softmax.
         seed: seed of the initialisation, the arrival model and the samplers.
@@ -125,12 +117,12 @@ class ActorCriticBase(RecModule):
         self.t_max, self.gamma, self.ce_weight, self.pg_weight = t_max, gamma, ce_weight, pg_weight
         self.value_coef, self.entropy_coef, self.clip_norm = value_coef, entropy_coef, clip_norm
         self.lr, self.server_optimizer, self.adam_betas, self.cohort_size = lr, server_optimizer, tuple(adam_betas), cohort_size
-        self.dim, self.dropout, self.seed = dim, dropout, seed
+        self.dim, self.dropout, self.seed = encoder.dim, encoder.dropout, seed
         self.training_softmax = TrainingSoftmax(softmax, sampled_negatives)
         with torch.random.fork_rng(devices=[]):  # the initialisation depends on `seed` only
             torch.manual_seed(seed)
-            encoder = SeqEncoder(self.num_items, dim, self.history_len, num_layers, num_heads, dropout, item_init_std)
-            self.policy = PolicyValue(ActorCritic(encoder, ActorHead(dim), CriticHead(dim)))
+            network = ActorCritic(encoder.build(self.num_items, self.history_len), ActorHead(encoder.dim), CriticHead(encoder.dim))
+            self.policy = PolicyValue(network)
         self.flat = FlatParameters(self.policy)
         self.rng = SeededGenerator(seed + 1)
         self.clients: Clients | None = None
@@ -188,7 +180,7 @@ class ActorCriticBase(RecModule):
         shape = (n, self.local_steps, self.t_max)
         history, targets, mask = replay_windows(self._train_history, self._train_item, index.view(shape), valid.view(shape))
         data = {"history": history, "targets": targets, "mask": mask}
-        rivals = torch.randint(0, self.num_items, (*history.shape, max(1, self.num_rivals)), generator=g, device=g.device)
+        rivals = torch.randint(0, self.num_items, (*history.shape, max(1, self.train_negatives)), generator=g, device=g.device)
         data["rivals"] = rivals.to(self.device)
         if self.training_softmax.softmax == "sampled":
             data["negatives"] = self.training_softmax.negatives(g).to(self.device)

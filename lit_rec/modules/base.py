@@ -38,12 +38,15 @@ class RecModule(L.LightningModule):
         full_ranking: bool = True,
         eval_chunk_size: int = 256,
         history_len: int = 10,
+        train_negatives: int = 10,
         predict_top_k: int = 10,
     ) -> None:
         """Args:
         num_items: catalogue size (items are 1..num_items, 0 is PAD); linked from the data.
         num_users: number of users; linked from the data.
         history_len: items in a state and in a training window; linked from the data's `history_len`.
+        train_negatives: random items beside the logged one in a training candidate set (`train/ctr`,
+            LinUCB's decisions, DRL-Rec's lessons); linked from the data's `train_negatives`.
         eval_ks: numbers of random negatives per positive for CTR@k.
         full_ranking: also compute hr@10_full / ndcg@10_full against every item.
         eval_chunk_size: rows scored at once against the full catalogue.
@@ -57,6 +60,9 @@ class RecModule(L.LightningModule):
         if history_len < 1:
             raise ValueError(f"history_len must be >= 1, got {history_len}")
         self.history_len = history_len
+        if train_negatives < 0:
+            raise ValueError(f"train_negatives must be >= 0, got {train_negatives}")
+        self.train_negatives = train_negatives
         if predict_top_k < 1:
             raise ValueError(f"predict_top_k must be >= 1, got {predict_top_k}")
         self.predict_top_k = predict_top_k
@@ -86,11 +92,6 @@ class RecModule(L.LightningModule):
         if self.trainer.world_size > 1 and self.device.type == "cpu":
             torch.set_num_threads(1)  # two ranks on two cores: more threads oversubscribe (PITFALLS.md)
         tensors = self.tensors
-        if tensors.history_len != self.history_len:
-            raise ValueError(
-                f"the model's history_len={self.history_len} but the data's is {tensors.history_len}: "
-                "train.py links them; set --data.history_len (the model follows)"
-            )
         self.popularity = PopularityScorer(tensors.item_popularity).to(self.device)
         self._seen_offsets = tensors.seen_offsets
         self._seen_items = tensors.seen_items
@@ -273,16 +274,10 @@ class RecModule(L.LightningModule):
         events = events[events >= offsets[batch["user"].cpu()].unsqueeze(1)]
         return train.history[events].to(self.device), train.item[events].to(self.device)
 
-    @property
-    def num_rivals(self) -> int:
-        """Random items beside the logged one in a training candidate set (the data's `train_negatives`)."""
-        trainer = self._trainer
-        return int(getattr(trainer.datamodule, "train_negatives", 10)) if trainer is not None and trainer.datamodule is not None else 10
-
     def log_window_ctr(self, columns: Columns, generator: torch.Generator) -> None:
         """Logs `train/ctr` of the trained states `(P,)`: how often the greedy policy ranks each state's logged item
         first among it and `train_negatives` random items (the rate Figure 2 plots)."""
-        rivals = random_rivals(columns, max(1, self.num_rivals), generator)
+        rivals = random_rivals(columns, max(1, self.train_negatives), generator)
         hits = greedy_hits(columns.masked_scores().detach(), columns.target, rivals)
         self.log_train_ctr(hits.float(), hits.numel())
 

@@ -32,7 +32,7 @@ from torch import Tensor
 from lit_rec.functional.next_item import Columns, TrainingSoftmax, cross_entropy, score_columns, window_targets
 from lit_rec.functional.td import next_state_values, replay_td_loss, update_target
 from lit_rec.modules.base import RecModule
-from lit_rec.networks import QHead, QNetwork, SeqEncoder
+from lit_rec.networks import EncoderConfig, QHead, QNetwork
 from lit_rec.sampling import SeededGenerator
 
 
@@ -65,11 +65,7 @@ class DQN(RecModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         max_grad_norm: float = 5.0,
-        dim: int = 64,
-        num_layers: int = 2,
-        num_heads: int = 2,
-        dropout: float = 0.2,
-        item_init_std: float = 0.02,
+        encoder: EncoderConfig = EncoderConfig(),
         softmax: Literal["full", "sampled"] = "full",
         sampled_negatives: int = 1024,
         target_update: Literal["soft", "hard"] = "soft",
@@ -89,11 +85,7 @@ class DQN(RecModule):
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         max_grad_norm: gradient clipping by global norm (0 disables it).
-        dim: width of the encoder's embeddings, Transformer and state.
-        num_layers: causal Transformer blocks.
-        num_heads: attention heads (must divide dim).
-        dropout: dropout of the online encoder during training.
-        item_init_std: standard deviation of the item embeddings at initialisation.
+        encoder: the SASRec encoder's shape (`lit_rec.networks.EncoderConfig`).
         softmax: columns of a training step: `full` catalogue, or a `sampled` logQ-corrected softmax.
         sampled_negatives: items per batch of the sampled softmax.
         target_update: `soft` blends the online weights into the target networks with weight `target_tau`; `hard` copies them.
@@ -121,14 +113,13 @@ class DQN(RecModule):
         self.training_softmax = TrainingSoftmax(softmax, sampled_negatives)
         with torch.random.fork_rng(devices=[]):  # the initialisation depends on `seed` only
             torch.manual_seed(seed)
-            self.online = self.build_network(dim, num_heads, num_layers, dropout, item_init_std)
+            self.online = self.build_network(encoder)
         self.target = copy.deepcopy(self.online).requires_grad_(False).eval()  # Lightning does not call train() at fit start
         self.rng = SeededGenerator(seed + 1)
 
-    def build_network(self, dim: int, num_heads: int, num_layers: int, dropout: float, item_init_std: float) -> QNetwork:
-        """A `QNetwork` of the given shape on this data's catalogue and history length."""
-        encoder = SeqEncoder(self.num_items, dim, self.history_len, num_layers, num_heads, dropout, item_init_std)
-        return QNetwork(encoder, QHead(dim))
+    def build_network(self, encoder: EncoderConfig) -> QNetwork:
+        """A `QNetwork` with an encoder of that shape on this data's catalogue and history length."""
+        return QNetwork(encoder.build(self.num_items, self.history_len), QHead(encoder.dim))
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:

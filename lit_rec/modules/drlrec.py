@@ -37,7 +37,7 @@ from lit_rec.functional.next_item import Columns, cross_entropy
 from lit_rec.functional.td import next_state_values, replay_td_loss
 from lit_rec.modules.dqn import DQN
 from lit_rec.modules.teacher import fresh_teacher_networks, teacher_networks
-from lit_rec.networks import QNetwork
+from lit_rec.networks import EncoderConfig, QNetwork
 from lit_rec.sampling import SeededGenerator
 
 LOGGED_TERMS = {"rl": "train/loss_rl", "teacher_rl": "train/loss_teacher", "kl": "distill/kl", "hint": "distill/hint",
@@ -68,15 +68,14 @@ class DRLRecStudent(DQN):
         num_candidates: int = 1000,
         top_k: int = 10,
         popularity_fraction: float = 0.5,
-        teacher_dim: int = 64,
-        teacher_num_heads: int = 2,
+        teacher_encoder: EncoderConfig = EncoderConfig(),
         double: bool = True,
-        dim: int = 32,
+        encoder: EncoderConfig = EncoderConfig(dim=32),
         **kwargs: Any,
     ) -> None:
         """Args:
         teacher_ckpt: checkpoint of the teacher (a `DQN` run, e.g. configs/drlrec_teacher.yaml): frozen, read at
-            fit start, never saved with the student; none: a teacher with the `teacher_*` widths is co-trained
+            fit start, never saved with the student; none: a teacher of shape `teacher_encoder` is co-trained
             from scratch (official code).
         distill: learn from the teacher at all; false gives the student alone (`w_rl` x its own DDQN loss).
         co_train: keep training the loaded teacher on its own DDQN loss alongside the student (it is then
@@ -99,12 +98,12 @@ class DRLRecStudent(DQN):
         num_candidates: explored candidates per state (the transition's candidates first, then samples).
         top_k: lessons taken from the teacher's ranking and, separately, from the student's.
         popularity_fraction: share of the sampled candidates drawn by popularity (the rest uniformly).
-        teacher_dim: the teacher's width: its state is the hint (sizes the hint projection; a loaded teacher must match).
-        teacher_num_heads: attention heads of a co-trained teacher built from scratch.
+        teacher_encoder: the teacher's encoder: its width is the hint's (sizes the hint projection; a loaded
+            teacher must match it); its whole shape builds a teacher co-trained from scratch.
         double: Double-DQN target for the student (the official "DDQN").
-        dim: the student's width, of its state (hint) and item vectors (the teacher's shape, narrower).
+        encoder: the student's encoder: the teacher's shape, narrower (its width is that of the hint and item vectors).
         """
-        super().__init__(double=double, dim=dim, **kwargs)
+        super().__init__(double=double, encoder=encoder, **kwargs)
         if w_rl < 0 or w_kl < 0 or w_hint < 0 or temperature <= 0:
             raise ValueError(f"DRLRecStudent needs weights >= 0 and temperature > 0, got {w_rl}, {w_kl}, {w_hint}, {temperature}")
         self.distill = distill
@@ -124,22 +123,22 @@ class DRLRecStudent(DQN):
             self.register_buffer("confidence_batches", torch.zeros((), dtype=torch.long))
         self.last_confidence: Tensor | None = None  # the last training step's confidences `(S,)`, for callbacks.ConfidenceLogger
         self.explore_rng = SeededGenerator(self.seed + 3)
-        self.teacher_ckpt, self.teacher_dim = teacher_ckpt, teacher_dim
+        self.teacher_ckpt, self.teacher_dim = teacher_ckpt, teacher_encoder.dim
         self.teacher: QNetwork | None = None
         self.teacher_target: QNetwork | None = None
         if self.co_train:  # a trained teacher is part of the module and of its checkpoints
             if teacher_ckpt is not None:
                 online, target = teacher_networks(teacher_ckpt, self)
             else:
-                online, target = fresh_teacher_networks(self, teacher_dim, teacher_num_heads)
+                online, target = fresh_teacher_networks(self, teacher_encoder)
             self.teacher, self.teacher_target = online, target.requires_grad_(False).eval()
             self.teacher_dim = online.encoder.dim
         # a frozen teacher is read from teacher_ckpt in setup("fit") and never saved with the student
         with torch.random.fork_rng(devices=[]):  # initialised from `seed` only, like the networks
             torch.manual_seed(self.seed + 4)
             # FitNets regressor: the student's hint space mapped onto the teacher's when the widths differ
-            project = distill and hint and self.teacher_dim != dim  # no unused parameters (DDP)
-            self.hint_projection: nn.Module = nn.Linear(dim, self.teacher_dim, bias=False) if project else nn.Identity()
+            project = distill and hint and self.teacher_dim != encoder.dim  # no unused parameters (DDP)
+            self.hint_projection: nn.Module = nn.Linear(encoder.dim, self.teacher_dim, bias=False) if project else nn.Identity()
         self._item_popularity: Tensor | None = None
 
     def load_frozen_teacher(self, device: torch.device | str = "cpu") -> None:
@@ -258,10 +257,10 @@ class DRLRecStudent(DQN):
             else:
                 q_s_all = self.online.head.score_all(hint_s, self.online.encoder.all_item_vectors())
 
-        # lessons: the logged item with `num_rivals` random items (a training candidate set), plus the explored/filtered items;
+        # lessons: the logged item with `train_negatives` random items (a training candidate set), plus the explored/filtered items;
         # the student scores only its lessons (the gradient never touches a whole catalogue row)
         g = self.explore_rng.generator
-        rivals = torch.randint(1, self.num_items + 1, (logged_item.numel(), max(1, self.num_rivals)), generator=g, device=g.device)
+        rivals = torch.randint(1, self.num_items + 1, (logged_item.numel(), max(1, self.train_negatives)), generator=g, device=g.device)
         logged = torch.cat([logged_item[:, None], rivals.to(logged_item.device)], dim=1)
         vectors_t_all = self.teacher.encoder.all_item_vectors().detach()
         everything = torch.ones_like(logged, dtype=torch.bool)

@@ -9,7 +9,7 @@ import torch
 
 from lit_rec.modules.base import RecModule
 from lit_rec.modules.dqn import DQN
-from lit_rec.networks import QNetwork
+from lit_rec.networks import EncoderConfig, QNetwork
 
 
 def load_teacher(path: str, num_items: int, num_users: int) -> DQN:
@@ -18,7 +18,11 @@ def load_teacher(path: str, num_items: int, num_users: int) -> DQN:
     accepted = (set(inspect.signature(DQN.__init__).parameters) | set(inspect.signature(RecModule.__init__).parameters)) - {
         "self", "kwargs", "num_items", "num_users"
     }
-    hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}
+    saved = dict(checkpoint.get("hyper_parameters", {}))
+    shape = {k: saved.pop(k) for k in EncoderConfig.__dataclass_fields__ if k in saved}  # a checkpoint from before EncoderConfig
+    if shape:
+        saved.setdefault("encoder", EncoderConfig(**shape))
+    hparams = {k: v for k, v in saved.items() if k in accepted}
     with torch.random.fork_rng(devices=[]):  # building a DQN must not move the global RNG
         teacher = DQN(num_items=num_items, num_users=num_users, **hparams)
     for name in ("online", "target"):
@@ -36,20 +40,19 @@ def load_teacher(path: str, num_items: int, num_users: int) -> DQN:
 
 def teacher_networks(path: str, student: RecModule, width: int | None = None) -> tuple[QNetwork, QNetwork]:
     """The teacher's `(online, target)` networks from checkpoint `path`, checked against the student's catalogue and
-    history length and, when given, the expected `width` (the student's `teacher_dim`)."""
+    history length and, when given, the expected `width` (the student's `teacher_encoder.dim`)."""
     teacher = load_teacher(path, student.num_items, student.num_users)
     if teacher.history_len != student.history_len:
         raise ValueError(f"teacher {path} has history_len={teacher.history_len}, the student {student.history_len}")
     if width is not None and teacher.online.encoder.dim != width:
         dim = teacher.online.encoder.dim
-        raise ValueError(f"teacher {path} has width {dim}, but teacher_dim={width}: set --model.init_args.teacher_dim={dim}")
+        raise ValueError(f"teacher {path} has width {dim}, but teacher_encoder.dim={width}: set --model.init_args.teacher_encoder.dim={dim}")
     return teacher.online, teacher.target
 
 
-def fresh_teacher_networks(student: DQN, dim: int, num_heads: int) -> tuple[QNetwork, QNetwork]:
-    """A new teacher's `(online, target)` of width `dim`, with the student's other shapes, seeded from its `seed`."""
-    hp = student.hparams
+def fresh_teacher_networks(student: DQN, encoder: EncoderConfig) -> tuple[QNetwork, QNetwork]:
+    """A new teacher's `(online, target)` with an encoder of that shape, seeded from the student's `seed`."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(student.seed + 100)
-        online = student.build_network(dim, num_heads, hp["num_layers"], hp["dropout"], hp["item_init_std"])
+        online = student.build_network(encoder)
     return online, copy.deepcopy(online)

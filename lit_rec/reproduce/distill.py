@@ -29,7 +29,7 @@ def distill_report(results: list[RunResult], methods: list[Method], budget: str,
     by_role = {role: [r for r in results if r.method == name] for role, name in roles.items()}
     if not all(by_role.values()):
         return None
-    from lit_rec.modules.drlrec import num_parameters, serving_latency_ms
+    from lit_rec.serving import num_parameters, serving_latency_ms
 
     teacher, student = by_role["teacher"][-1].module, by_role["student"][-1].module
     if teacher is None or student is None:

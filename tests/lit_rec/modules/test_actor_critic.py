@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import yaml
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from lit_rec.networks import EncoderConfig
 from lit_rec.cli import make_cli
 from lit_rec.federated import FederatedStats, Server, ServerStep
 from lit_rec.federated.gradients import client_rows, client_shares, per_client_gradients, send_per_version, write_flat_gradient
@@ -26,7 +27,7 @@ TINY_DATA = [
     "--data.synthetic_users=60", "--data.synthetic_items=60", "--data.synthetic_events_per_user=12", "--data.batch_size=16",
     "--data.history_len=5", "--data.eval_ks=[1,10,20]",
 ]
-TINY_MODEL = ["--model.init_args.dim=16"]
+TINY_MODEL = ["--model.init_args.encoder.dim=16"]
 TINY_SERVER = {"dadrl": ["--model.init_args.max_staleness=6"]}  # the synchronous methods keep the latest version only
 
 
@@ -80,7 +81,7 @@ def _windows(n: int = 6, length: int = 5, num_items: int = 30) -> dict[str, torc
 
 
 def _module(**overrides) -> DADRL:
-    args = dict(num_items=30, num_users=6, history_len=5, dim=16, dropout=0.0)
+    args = dict(num_items=30, num_users=6, history_len=5, encoder=EncoderConfig(dim=16, dropout=0.0))
     return DADRL(**{**args, **overrides})
 
 
@@ -209,7 +210,7 @@ def test_each_client_replays_one_window_of_its_next_t_max_events(tmp_path):
 
     dm = RecDataModule(synthetic_users=20, synthetic_items=60, synthetic_events_per_user=12, history_len=5, eval_ks=[1, 5],
                        cache_dir=str(tmp_path / "cache"))
-    module = OnData(dm, t_max=3, cohort_size=4, dim=16)
+    module = OnData(dm, t_max=3, cohort_size=4, encoder=EncoderConfig(dim=16))
     module._build_federation()
     train, clients = dm.tensors.train, module.clients
     cohort = torch.tensor([0, 1, 2, 3])

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lit_rec.networks import EncoderConfig
 from lit_rec.cli import make_cli
 from lit_rec.functional.next_item import cross_entropy, window_targets
 from lit_rec.functional.td import replay_td_loss
@@ -15,7 +16,7 @@ from lit_rec.modules.dqn import DQN
 
 ROOT = Path(__file__).resolve().parents[3]
 # small and fast: a 32-wide encoder
-FAST = ["--model.init_args.dim=32", "--model.init_args.lr=0.003"]
+FAST = ["--model.init_args.encoder.dim=32", "--model.init_args.lr=0.003"]
 NUM_ITEMS, HISTORY_LEN = 20, 5
 
 
@@ -69,7 +70,7 @@ def windows(b: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def module(**overrides) -> DQN:
-    args = dict(num_items=NUM_ITEMS, num_users=6, history_len=HISTORY_LEN, dim=16, dropout=0.0, seed=0)
+    args = dict(num_items=NUM_ITEMS, num_users=6, history_len=HISTORY_LEN, encoder=EncoderConfig(dim=16, dropout=0.0), seed=0)
     return DQN(**{**args, **overrides})
 
 
@@ -168,7 +169,7 @@ def test_ddqn_fits_and_its_target_network_follows_with_no_callback_attached(tmp_
     assert not any(type(c).__module__.startswith("callbacks") for c in model.trainer.callbacks)
     assert model.double and model.trainer.global_step == 4
     assert torch.isfinite(model.trainer.callback_metrics["train/loss"])
-    initial = DQN(num_items=model.num_items, num_users=model.num_users, history_len=model.history_len, dim=32, seed=0).online.state_dict()
+    initial = DQN(num_items=model.num_items, num_users=model.num_users, history_len=model.history_len, encoder=EncoderConfig(dim=32), seed=0).online.state_dict()
     online, target = model.online.state_dict(), model.target.state_dict()
     # the target network was copied at step 3 and then kept: it differs from both the start and the online one
     assert not all(torch.equal(v, initial[k]) for k, v in target.items())
@@ -187,7 +188,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path: Path, config: str
     # batches of 64 windows: 26 steps an epoch, 2 epochs; checkpoints every 10 steps; the target network is copied
     # every 5 steps, so also at a checkpoint's step (the checkpoint holds the copied target). Deterministic: with several CPU threads some kernels (embedding backward) add in a varying
     # order, so even two uninterrupted runs would differ in the last bits.
-    common = ["--trainer.max_epochs=2", "--trainer.deterministic=true", "--data.batch_size=64", "--model.init_args.dropout=0.1"]
+    common = ["--trainer.max_epochs=2", "--trainer.deterministic=true", "--data.batch_size=64", "--model.init_args.encoder.dropout=0.1"]
     every_10 = {"every_n_train_steps": 10, "save_top_k": -1, "filename": "{step}"}
     whole = fit(config, tmp_path / "whole", *common, callbacks({**every_10, "dirpath": str(tmp_path / "whole_ckpt")}), *hard_target_every(5))
     checkpoint = tmp_path / "whole_ckpt" / "step=10.ckpt"

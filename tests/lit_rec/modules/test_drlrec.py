@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from callbacks.model_stats import ModelStatsLogger
+from lit_rec.networks import EncoderConfig
 from lit_rec.cli import make_cli
 from lit_rec.modules.dqn import DQN
 from lit_rec.modules.drlrec import DRLRecStudent
@@ -38,7 +39,7 @@ def one_torch_thread():
 @pytest.fixture
 def teacher_ckpt(tmp_path: Path) -> Path:
     """A (random) wide DQN teacher saved like a Lightning checkpoint."""
-    teacher = DQN(num_items=NUM_ITEMS, num_users=5, history_len=HISTORY_LEN, double=True, dim=16, seed=7)
+    teacher = DQN(num_items=NUM_ITEMS, num_users=5, history_len=HISTORY_LEN, double=True, encoder=EncoderConfig(dim=16), seed=7)
     path = tmp_path / "teacher.ckpt"
     torch.save({"hyper_parameters": dict(teacher.hparams), "state_dict": teacher.state_dict()}, path)
     return path
@@ -55,7 +56,7 @@ def window_batch(b: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
 def student(teacher_ckpt: Path | None, **overrides) -> DRLRecStudent:
     """A tiny student (width 8 against the teacher's 16), ready for `distillation_terms` outside a trainer."""
     args = dict(teacher_ckpt=str(teacher_ckpt) if teacher_ckpt else None, num_items=NUM_ITEMS, num_users=5, history_len=HISTORY_LEN,
-                dim=8, num_candidates=20, top_k=3, seed=0, teacher_dim=16, dropout=0.0)  # no dropout: terms repeat exactly
+                encoder=EncoderConfig(dim=8, dropout=0.0), num_candidates=20, top_k=3, seed=0, teacher_encoder=EncoderConfig(dim=16))  # no dropout: terms repeat exactly
     module = DRLRecStudent(**{**args, **overrides})
     module.load_frozen_teacher()  # what setup("fit") does
     popularity = torch.arange(NUM_ITEMS + 1)
@@ -222,8 +223,8 @@ def test_teacher_checkpoint_must_hold_a_dqn(tmp_path: Path) -> None:
 def test_teacher_must_fit_the_catalogue_the_width_and_the_history_length(teacher_ckpt: Path) -> None:
     with pytest.raises(ValueError, match="catalogue"):
         student(teacher_ckpt, num_items=NUM_ITEMS + 1)
-    with pytest.raises(ValueError, match="teacher_dim=16"):
-        student(teacher_ckpt, teacher_dim=64)
+    with pytest.raises(ValueError, match="teacher_encoder.dim=16"):
+        student(teacher_ckpt, teacher_encoder=EncoderConfig(dim=64))
     with pytest.raises(ValueError, match="history_len"):
         student(teacher_ckpt, history_len=HISTORY_LEN - 1)
 
@@ -298,7 +299,7 @@ def random_teacher_for_tiny_data(tmp_path: Path) -> Path:
 
     options = dict(arg[len("--data.") :].split("=", 1) for arg in TINY_DATA)
     data = RecDataModule(**{k: yaml.safe_load(v) for k, v in options.items()}, cache_dir=str(tmp_path / "cache"))
-    teacher = DQN(num_items=data.num_items, num_users=data.num_users, history_len=data.history_len, double=True, dim=16, seed=3)
+    teacher = DQN(num_items=data.num_items, num_users=data.num_users, history_len=data.history_len, double=True, encoder=EncoderConfig(dim=16), seed=3)
     path = tmp_path / "teacher.ckpt"
     torch.save({"hyper_parameters": dict(teacher.hparams), "state_dict": teacher.state_dict()}, path)
     return path
