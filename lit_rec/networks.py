@@ -8,7 +8,9 @@ can write a self-contained artefact.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +77,11 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         if self.dim < 1 or self.num_layers < 0 or self.num_heads < 1 or self.dim % self.num_heads or not 0 <= self.dropout < 1:
             raise ValueError(f"encoder needs dim >= 1 divisible by num_heads >= 1, num_layers >= 0 and 0 <= dropout < 1, got {self}")
+
+    @classmethod
+    def of(cls, value: EncoderConfig | Mapping[str, Any]) -> EncoderConfig:
+        """The config itself, or one from its fields (what a checkpoint written by the CLI holds in its hyper-parameters)."""
+        return value if isinstance(value, cls) else cls(**value)
 
     def build(self, num_items: int, history_len: int) -> SeqEncoder:
         """A `SeqEncoder` of this shape over items 1..`num_items` and states of up to `history_len` items."""

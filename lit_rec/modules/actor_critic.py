@@ -109,6 +109,7 @@ class ActorCriticBase(RecModule):
         seed: seed of the initialisation, the arrival model and the samplers.
         """
         super().__init__(**kwargs)
+        encoder = EncoderConfig.of(encoder)
         t_max = self.history_len if t_max is None else t_max
         if not 1 <= t_max <= self.history_len:
             raise ValueError(f"t_max must be in 1..history_len={self.history_len} (one window per rollout), got {t_max}")

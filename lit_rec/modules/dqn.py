@@ -94,6 +94,7 @@ class DQN(RecModule):
         seed: seed of the network initialisation and of the samplers.
         """
         super().__init__(**kwargs)
+        encoder = EncoderConfig.of(encoder)
         if gamma < 0 or gamma >= 1 or td_weight < 0 or ce_weight < 0 or td_weight + ce_weight == 0:
             raise ValueError(f"DQN needs 0 <= gamma < 1 and weights >= 0, not both 0: got gamma={gamma}, td_weight={td_weight}, ce_weight={ce_weight}")
         if loss not in ("huber", "mse"):

@@ -103,6 +103,7 @@ class DRLRecStudent(DQN):
         double: Double-DQN target for the student (the official "DDQN").
         encoder: the student's encoder: the teacher's shape, narrower (its width is that of the hint and item vectors).
         """
+        encoder, teacher_encoder = EncoderConfig.of(encoder), EncoderConfig.of(teacher_encoder)
         super().__init__(double=double, encoder=encoder, **kwargs)
         if w_rl < 0 or w_kl < 0 or w_hint < 0 or temperature <= 0:
             raise ValueError(f"DRLRecStudent needs weights >= 0 and temperature > 0, got {w_rl}, {w_kl}, {w_hint}, {temperature}")

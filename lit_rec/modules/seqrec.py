@@ -40,6 +40,7 @@ class SeqRec(RecModule):
         """
         super().__init__(**kwargs)
         self.save_hyperparameters()
+        encoder = EncoderConfig.of(encoder)
         self.lr = lr
         self.weight_decay = weight_decay
         self.training_softmax = TrainingSoftmax(softmax, sampled_negatives)

@@ -308,7 +308,7 @@ def random_teacher_for_tiny_data(tmp_path: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("teacher", ["frozen", "co_trained"])
 def test_student_resumes_exactly_from_a_mid_epoch_checkpoint(tmp_path: Path, teacher: str) -> None:
-    common = ["--trainer.max_epochs=2", "--model.init_args.num_candidates=40", "--model.init_args.top_k=4", "--model.init_args.teacher_dim=16"]
+    common = ["--trainer.max_epochs=2", "--model.init_args.num_candidates=40", "--model.init_args.top_k=4", "--model.init_args.teacher_encoder.dim=16"]
     if teacher == "frozen":
         common.append(f"--model.init_args.teacher_ckpt={random_teacher_for_tiny_data(tmp_path)}")
     for run in "abc":
