@@ -3,7 +3,7 @@
 `python bench/clients.py [--quick]`. Each client count runs in its own subprocess (so each peak RSS
 is its own): synthetic data with that many users (one client per user; a fixed catalogue of
 `ITEMS` Zipf-popular items; lognormal activity, about `MEAN_EVENTS` train events per client), and
-configs/dadrl.yaml's module (`lit_rec.modules.actor_critic.ActorCriticRec`, mode dadrl: polynomial
+configs/dadrl.yaml's module (`lit_rec.modules.dadrl.DADRL`: polynomial
 staleness weights, private user vectors, clamp policy; each client replays windows of `t_max` =
 `HISTORY_LEN` events) with the same cohort size at every count (the shipped one: the data's batch size
 // local_steps, the data module's default batch size where the config sets none), trained under
@@ -163,7 +163,7 @@ PROTOCOL = "@@"  # prefix of the worker's protocol lines on stdout (anything els
 
 def shipped_cohort() -> tuple[dict[str, Any], int, int]:
     """configs/dadrl.yaml's model arguments, its data batch size (the data module's default where it sets none),
-    and its cohort size (explicit, or batch // local_steps, as `ActorCriticRec` takes it)."""
+    and its cohort size (explicit, or batch // local_steps, as `ActorCriticBase` takes it)."""
     import inspect
 
     import yaml
@@ -192,7 +192,7 @@ def worker(num_clients: int, block: int, blocks: int, arrival: str, seed: int) -
     sys.path.insert(0, str(ROOT))
     from callbacks.staleness import StalenessCallback
     from datamodules.loaders import ResumableLoader
-    from lit_rec.modules.actor_critic import ActorCriticRec
+    from lit_rec.modules.dadrl import DADRL
     from lit_rec.runtime import keep_large_buffers_on_heap
 
     protocol = sys.stdout
@@ -225,7 +225,7 @@ def worker(num_clients: int, block: int, blocks: int, arrival: str, seed: int) -
 
     spec.update(cohort_size=cohort, arrival=arrival, seed=seed)
     torch.manual_seed(seed)
-    model = ActorCriticRec(**spec, num_items=ITEMS, num_users=num_clients, history_len=HISTORY_LEN, full_ranking=False)
+    model = DADRL(**spec, num_items=ITEMS, num_users=num_clients, history_len=HISTORY_LEN, full_ranking=False)
     staleness: list[float] = []
     versions: list[int] = []
     boundaries = {0, *(WARMUP + i * block for i in range(blocks))}
@@ -252,7 +252,7 @@ def worker(num_clients: int, block: int, blocks: int, arrival: str, seed: int) -
 
         def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             if trainer.global_step > WARMUP:
-                stale = pl_module.federated_stats["staleness"]
+                stale = pl_module.federated_stats.staleness
                 staleness.append(float(stale.float().mean()) if stale.numel() else 0.0)
                 versions.append(int(torch.unique(stale).numel()))
 
@@ -393,7 +393,7 @@ def main() -> None:
     main_summary = results[args.arrival]
     report: dict[str, Any] = {
         "bench": "clients",
-        "model": f"{MODEL_CONFIG} (mode dadrl) with arrival={args.arrival}",
+        "model": f"{MODEL_CONFIG} with arrival={args.arrival}",
         "data": f"synthetic: {ITEMS} items, ~{MEAN_EVENTS} train events per client",
         "cohort_size": shipped_cohort()[2],
         "threads": {"torch": THREADS, "polars": THREADS},

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lit_rec.cli import make_cli  # noqa: E402
-from lit_rec.modules.drlrec import num_parameters, serving_latency_ms  # noqa: E402
+from lit_rec.serving import num_parameters, serving_latency_ms  # noqa: E402
 
 THREADS = 1
 SETTINGS = {

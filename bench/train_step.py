@@ -7,11 +7,11 @@ does on one batch of windows from the datamodule's train loader: `q_losses` (the
 encodes every position and scores the catalogue, the target network gives V of the next position),
 `ce_weight * CE + td_weight * TD`, the `train/ctr` hits of the greedy policy against random rivals,
 then backward, clipping by `max_grad_norm`, an Adam step and the shipped target update
-(`callbacks.TargetNetworkUpdate`: soft, tau 0.05, every step).
+(`DQN.sync_targets`: soft, tau 0.05, every step).
 - Lightning: `Trainer.fit` with the shipped callbacks except ModelCheckpoint (no checkpoint files),
   no logger, no progress bar or model summary, no validation.
 - Plain: a `for` loop over the same datamodule's train loader calling the same module's `q_losses`,
-  `loss.backward()`, `clip_grad_norm_`, `optimizer.step()` and `callbacks.target_update.update_target`.
+  `loss.backward()`, `clip_grad_norm_`, `optimizer.step()` and `lit_rec.functional.td.update_target`.
 First both run the same number of steps from scratch (the global torch seed reset before each, for
 dropout) and must end with bit-identical parameters (same batches, same updates, same random draws).
 Then they are timed in interleaved blocks (Lightning, plain, Lightning, ...; each Lightning block a
@@ -54,7 +54,7 @@ import yaml  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from callbacks.target_update import update_target  # noqa: E402
+from lit_rec.functional.td import update_target  # noqa: E402
 from lit_rec.cli import make_cli  # noqa: E402
 from lit_rec.functional.next_item import greedy_hits, random_rivals  # noqa: E402
 
@@ -130,7 +130,7 @@ class PlainLoop:
         self.model, self.datamodule = model, datamodule
         model.training_softmax.fit(datamodule.tensors.item_popularity)  # what DQN.setup does for training
         self.optimizer = model.configure_optimizers()
-        self.rivals = max(1, int(datamodule.train_negatives))  # RecModule.num_rivals
+        self.rivals = max(1, model.train_negatives)  # RecModule.train_negatives, linked from the data
         self.target_every, self.tau = target_every, tau
         self.steps = 0
         self.starts: list[float] = []
@@ -202,10 +202,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_train_step_") as tmp:
         work = Path(tmp)
         config, callbacks = shipped_spec(work, args.seed)
-        update = next(c.get("init_args") or {} for c in callbacks if c["class_path"].endswith("TargetNetworkUpdate"))
-        target_every = int(update.get("every_n_steps", 100))
-        tau = 1.0 if update.get("mode", "hard") == "hard" else float(update.get("tau", 0.005))
         lightning_cli, plain_cli = build(config), build(config)
+        target_every = plain_cli.model.target_every_n_steps
+        tau = 1.0 if plain_cli.model.target_update == "hard" else plain_cli.model.target_tau
         plain = PlainLoop(plain_cli.model, plain_cli.datamodule, target_every, tau)
         model, datamodule = lightning_cli.model, lightning_cli.datamodule
         log(f"{type(model).__name__}: batch_size {datamodule.batch_size} windows of history_len {model.history_len}, "

@@ -1,4 +1,4 @@
-"""PredictionWriter: each user's top-k recommendations from `predict`, written to one Parquet file."""
+"""PredictionWriter: the recommendations that `predict_step` returns, written to one Parquet file."""
 
 from __future__ import annotations
 
@@ -12,31 +12,26 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 
-from lit_rec.recommend import recommend_top_k
-
 
 class PredictionWriter(BasePredictionWriter):
     """Writes one row per (user, rank): `user`, `rank` (1 = best), `item`, `score`, with original ids.
 
-    Items the user interacted with (any split) and PAD are never recommended. Under DDP each
-    rank writes a part file, and rank 0 merges them into `output_path` and removes them.
+    It observes what the module's `predict_step` returns, `{"user" (B,), "items" (B, k), "scores" (B, k)}`
+    (`RecModule.predict_step`: each user's top `predict_top_k` unseen items); slots with a non-finite
+    score (a user with fewer unseen items) are dropped. Under DDP each rank writes a part file, and
+    rank 0 merges them into `output_path` and removes them.
     """
 
-    def __init__(self, output_path: str = "predictions.parquet", top_k: int = 10) -> None:
+    def __init__(self, output_path: str = "predictions.parquet") -> None:
         """Args:
         output_path: the Parquet file to write (parent folders are created).
-        top_k: recommendations per user.
         """
         super().__init__(write_interval="batch")
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
         self.output_path = Path(output_path)
-        self.top_k = top_k
         self._parts: list[tuple[Tensor, Tensor, Tensor]] = []
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Asks the module's `predict_step` for `top_k` items and clears what an earlier run left."""
-        pl_module.predict_top_k = self.top_k
+        """Clears what an earlier run left."""
         self._parts = []
 
     def write_on_batch_end(
@@ -49,12 +44,13 @@ class PredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Keeps the batch's top-k on the CPU (computed here if `predict_step` returned something else)."""
-        if isinstance(prediction, dict) and "items" in prediction and prediction["items"].shape[1] >= self.top_k:
-            items, scores = prediction["items"][:, : self.top_k], prediction["scores"][:, : self.top_k]
-        else:
-            items, scores = recommend_top_k(pl_module, batch, self.top_k, trainer.datamodule.tensors)
-        self._parts.append((batch["user"].cpu(), items.cpu(), scores.float().cpu()))
+        """Keeps the batch's recommendations on the CPU."""
+        if not isinstance(prediction, dict) or not {"user", "items", "scores"} <= prediction.keys():
+            raise TypeError(
+                f"PredictionWriter: {type(pl_module).__name__}.predict_step returned {type(prediction).__name__}, "
+                'expected {"user" (B,), "items" (B, k), "scores" (B, k)} (RecModule.predict_step)'
+            )
+        self._parts.append((prediction["user"].cpu(), prediction["items"].cpu(), prediction["scores"].float().cpu()))
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Writes this rank's rows; under DDP rank 0 then merges every rank's part."""

@@ -8,21 +8,23 @@ import lightning as L
 import torch
 
 from callbacks.wandb_utils import find_wandb_logger
+from lit_rec.federated.stats import FederatedStats
 
 
 class StalenessCallback(L.Callback):
-    """Logs `staleness/*` and `federated/*` after every server step of a module exposing `federated_stats`.
+    """Logs `staleness/*` and `federated/*` after every server step of a module whose `federated_stats` is a `FederatedStats`.
 
-    The staleness settings (weighting, max staleness, stale policy, arrival model) belong to the
-    module (`lit_rec.modules.actor_critic.ActorCriticRec`): they define the algorithm and a run
-    without this callback trains the same. The callback observes: per step it logs
+    The module (`lit_rec.federated.ReportsFederatedStats`: DADRL, A2C-F, A2C-D) sets its last server
+    step's `lit_rec.federated.FederatedStats`; the callback reads only that. The staleness settings
+    (weighting, max staleness, stale policy, arrival model) belong to the method and its server:
+    they define the algorithm and a run without this callback trains the same. The callback observes: per step it logs
     `staleness/mean`, `staleness/max`, `staleness/weight_mean` of the accepted updates,
     `staleness/dropped_frac` (dropped / reported, cumulative over the run), `federated/updates`
     (accepted client updates so far), `federated/clients` (clients reporting this step) and, with
     differential privacy, `privacy/epsilon` (spent so far at the module's delta); every
     `histogram_every_n_steps` steps it draws the Δ histogram of those steps in W&B (rank 0, only
     when a WandbLogger is attached). Counters and the pending histogram are in `state_dict`, so a
-    resumed run continues them. Modules without `federated_stats` are skipped quietly.
+    resumed run continues them. Other modules (no `FederatedStats`) are skipped quietly.
     """
 
     def __init__(self, histogram_every_n_steps: int = 100, histogram_bins: int = 64) -> None:
@@ -40,21 +42,21 @@ class StalenessCallback(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Logs this step's staleness statistics and the run's counters."""
         stats = getattr(pl_module, "federated_stats", None)
-        if not stats:
+        if not isinstance(stats, FederatedStats):
             return
-        staleness = stats["staleness"].detach().cpu()
-        weights = stats["weights"].detach().cpu()
-        self.updates += int(stats["updates"])
-        self.reported += int(stats["reporting"])
-        self.dropped += int(stats["dropped"])
+        staleness = stats.staleness.detach().cpu()
+        weights = stats.weights.detach().cpu()
+        self.updates += stats.updates
+        self.reported += stats.reporting
+        self.dropped += stats.dropped
         self.counts += torch.bincount(staleness.clamp_max(self.histogram_bins - 1), minlength=self.histogram_bins)
         values = {
             "staleness/dropped_frac": self.dropped / max(1, self.reported),
             "federated/updates": float(self.updates),
-            "federated/clients": float(stats["reporting"]),
+            "federated/clients": float(stats.reporting),
         }
-        if "epsilon" in stats:  # differential privacy on: the privacy spent so far
-            values["privacy/epsilon"] = float(stats["epsilon"])
+        if stats.epsilon is not None:  # differential privacy on: the privacy spent so far
+            values["privacy/epsilon"] = stats.epsilon
         if staleness.numel():
             values.update(
                 {

@@ -1,14 +1,5 @@
-"""Finding the W&B logger of a trainer, if any."""
+"""Finding the W&B logger of a trainer, if any: `lit_rec.wandb_utils.find_wandb_logger`, for the callbacks."""
 
-from __future__ import annotations
+from lit_rec.wandb_utils import find_wandb_logger
 
-import lightning as L
-from lightning.pytorch.loggers import WandbLogger
-
-
-def find_wandb_logger(trainer: L.Trainer) -> WandbLogger | None:
-    """The trainer's WandbLogger, or None when it has none."""
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            return logger
-    return None
+__all__ = ["find_wandb_logger"]

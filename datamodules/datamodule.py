@@ -38,7 +38,7 @@ class RecDataModule(L.LightningDataModule):
         min_item_interactions: k-core: items keep at least this many positives.
         history_len: Items in a state (the user's previous items, left-padded with 0).
         eval_ks: Candidate-set sizes k of CTR@k; max(eval_ks) frozen negatives per held-out event.
-        train_negatives: Sampled candidates per training step (read by the models).
+        train_negatives: random items beside the logged one in a training candidate set (linked to the model's).
         batch_size: Training windows (runs of up to history_len + 1 consecutive train items) per global batch, split across DDP ranks.
         eval_batch_size: Val/test/predict rows per batch.
         num_workers: Kept for CLI compatibility; batches are in-process tensor gathers (no workers needed).

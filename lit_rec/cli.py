@@ -43,6 +43,7 @@ class LitRecCLI(LightningCLI):
         parser.link_arguments("data.num_users", "model.init_args.num_users", apply_on="instantiate")
         parser.link_arguments("data.eval_ks", "model.init_args.eval_ks")
         parser.link_arguments("data.history_len", "model.init_args.history_len")
+        parser.link_arguments("data.train_negatives", "model.init_args.train_negatives")
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
         """Parses, then loads `--ckpt_path` once: a bad file is one line before Lightning reads it."""
@@ -78,19 +79,30 @@ def _silence_known_noise() -> None:
     warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
 
 
-def main(args: list[str] | None = None) -> None:
-    """Entry point: runs the CLI; a DataError or CheckpointError becomes one line on stderr and exit code 2."""
+def prepare_process() -> None:
+    """What every entry point (`train.py`, `python -m lit_rec.reproduce`) does first: known noise silenced, one
+    torch thread unless OMP_NUM_THREADS says otherwise, large buffers kept on the heap."""
     _silence_known_noise()
     if "OMP_NUM_THREADS" not in os.environ:
         # small recommender networks: one thread is as fast, and far faster on a busy machine (PITFALLS.md)
         torch.set_num_threads(1)
     keep_large_buffers_on_heap()  # per-step buffers reused, not page-faulted in anew (BENCHMARKS.md, clients)
+
+
+def print_error(message: object) -> None:
+    """An error as one line on stderr: `error: <message>`."""
+    print(f"error: {message}".replace("\n", " "), file=sys.stderr)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point: runs the CLI; a DataError or CheckpointError becomes one line on stderr and exit code 2."""
+    prepare_process()
     try:
         make_cli(args)
     except (DataError, CheckpointError) as error:
         if os.environ.get("LIT_REC_DEBUG") == "1":
             raise
-        print(f"error: {error}".replace("\n", " "), file=sys.stderr)
+        print_error(error)
         sys.exit(2)
     finally:
         # CPU ddp aborted at exit in 3 of 26 runs without this (PITFALLS.md)

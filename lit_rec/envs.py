@@ -1,4 +1,4 @@
-"""Training environments: batched replay of users' logged train sequences, and a user-model MDP.
+"""Training environments: the replay of users' logged train events (`replay_windows`), its per-step form, and a user-model MDP.
 
 Both environments hold `num_envs` user slots. A slot walks through one user's chronological
 train positives; at each step the agent picks one column of a candidate set (the logged
@@ -21,6 +21,26 @@ import torch
 from torch import Tensor
 
 from lit_rec.sampling import SeededGenerator
+
+
+def replay_windows(history: Tensor, item: Tensor, index: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The one training window of each row's consecutive logged events: `(history, targets, mask)`, each `(..., L)`.
+
+    `history (E, L)` and `item (E,)` are the train events' tables (`RecTensors.train`); `index (..., T)`
+    a row's next T train events (consecutive, of one user) and `valid (..., T)` which exist (a prefix:
+    the episode may end inside them). The window ends at the last valid event: its `history` row (the
+    L items before it), `targets` the item after every prefix (the history shifted, then the event's
+    item), `mask` the positions of the row's valid events whose target is an item (a user's first
+    event is learned from the empty prefix). Actions do not change states in replay, so one causal
+    pass over `history` gives every state of the T steps.
+    """
+    length = history.shape[1]
+    new = valid.sum(-1)  # events of each row that exist
+    last = index.gather(-1, (new - 1).clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    window = history[last]  # (..., L): the L items before the row's last event
+    targets = torch.cat([window[..., 1:], item[last].unsqueeze(-1)], dim=-1)
+    counted = torch.arange(length, device=history.device) >= (length - new).unsqueeze(-1)
+    return window, targets, counted & (targets > 0)
 
 
 class ExcludedItemSampler:
@@ -62,11 +82,11 @@ class ExcludedItemSampler:
 
 
 class ReplayEnv:
-    """Offline replay: the next state appends the logged positive whatever the agent chose (a contextual bandit)."""
+    """Offline replay one step at a time (a contextual bandit): the state is `replay_windows`' history of the current event."""
 
     def __init__(self, tensors: Any, num_envs: int, train_negatives: int, seed: int, device: torch.device | str = "cpu") -> None:
         """Args:
-        tensors: the datamodule's `RecTensors` (uses `train_offsets`, `train_sequence`, sizes).
+        tensors: the datamodule's `RecTensors` (uses `train`, `train_offsets`, `train_sequence`, sizes).
         num_envs: user slots stepped at once (the batch size of the environment).
         train_negatives: random items beside the logged positive at each step.
         seed: seed of the user order and of every candidate draw.
@@ -79,6 +99,7 @@ class ReplayEnv:
         self.history_len = tensors.history_len
         self.offsets = tensors.train_offsets.to(self.device)
         self.sequence = tensors.train_sequence.to(self.device)
+        self.train_history, self.train_item = tensors.train.history.to(self.device), tensors.train.item.to(self.device)
         self.lengths = self.offsets[1:] - self.offsets[:-1]
         self.users_with_events = torch.nonzero(self.lengths > 0).squeeze(1)
         if self.users_with_events.numel() == 0:
@@ -118,15 +139,19 @@ class ReplayEnv:
         return reward, done
 
     # ------------------------------------------------------------------ dynamics
+    def _window(self) -> tuple[Tensor, Tensor]:
+        """`replay_windows` of each slot's current event: its history `(B, L)` and targets `(B, L)` (the logged item last)."""
+        index = (self.offsets[self.user] + self.position).unsqueeze(1)
+        history, targets, _ = replay_windows(self.train_history, self.train_item, index, torch.ones_like(index, dtype=torch.bool))
+        return history, targets
+
     def logged_item(self) -> Tensor:
         """`(B,)` the logged positive of each slot's current step."""
-        return self.sequence[self.offsets[self.user] + self.position]
+        return self._window()[1][:, -1]
 
     def _history(self) -> Tensor:
         """The last L logged items before the current position, left-padded with 0."""
-        start = self.offsets[self.user]
-        index = start[:, None] + self.position[:, None] - self.history_len + torch.arange(self.history_len, device=self.device)
-        return torch.where(index >= start[:, None], self.sequence[index.clamp_min(0)], 0)
+        return self._window()[0]
 
     def _reward_and_transition(self, action: Tensor) -> Tensor:
         """Reward 1 for the logged column; the replayed state moves on by itself."""

@@ -251,6 +251,25 @@ class FullRankingMetrics(Metric):
         self.ndcg_sum.add_(_expected_discount(greater, ties, ndcg_table).sum())
         self.events.add_(scores.shape[0])
 
+    def update_from_candidates(self, full: Tensor, candidates: Tensor, users: Tensor, seen_offsets: Tensor, seen_items: Tensor) -> None:
+        """Add a chunk of events: every item's scores `full (B, num_items + 1)`, the One-Plus-K `candidates (B, 1 + K)`
+        (positive first), the events' `users (B,)` and every user's seen items as CSR (`seen_offsets`, `seen_items`).
+
+        The frozen negatives (candidate columns 1..) are items the user never touched, so eligible
+        competitors: an event where k of them score above its positive ranks below k among all items
+        and adds hr@k = ndcg@k = 0 without a full count (most events, unless the model is strong).
+        """
+        on_candidates = full.gather(1, candidates.to(full.device).long())  # the same values the count compares
+        ranked = (on_candidates[:, 1:] > on_candidates[:, :1]).sum(dim=1) < self.k
+        misses = int(candidates.shape[0] - ranked.sum())
+        positive = candidates[:, 0]
+        if misses:
+            keep = ranked.nonzero()[:, 0]
+            full, users, positive = full[keep], users[keep.to(users.device)], positive[keep.to(positive.device)]
+        # the seen items as (row, column) pairs: no dense (rows, num_items + 1) mask
+        rows, columns = seen_index_from_csr(users.cpu(), seen_offsets, seen_items)
+        self.update(full.float(), positive.to(full.device), (rows.to(full.device), columns.to(full.device)), misses)
+
     def compute(self) -> dict[str, Tensor]:
         """Means over all events seen: `hr@{k}_full` and `ndcg@{k}_full` (0-d tensors)."""
         events = self.events.to(_DTYPE)

@@ -8,11 +8,15 @@ can write a self-contained artefact.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ActorCritic", "ActorHead", "CriticHead", "QHead", "QNetwork", "SeqEncoder", "count_parameters"]
+__all__ = ["ActorCritic", "ActorHead", "CriticHead", "EncoderConfig", "QHead", "QNetwork", "SeqEncoder", "count_parameters"]
 
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters."""
@@ -50,6 +54,38 @@ class CausalBlock(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
         x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, l, d)))
         return x + self.mlp(self.norm_mlp(x))
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The shape of a `SeqEncoder`: one nested argument of every neural method (`--model.init_args.encoder.dim=32`).
+
+    Args:
+        dim: width of the item embeddings, the Transformer and the state (the teacher/student knob).
+        num_layers: causal Transformer blocks.
+        num_heads: attention heads per block (must divide dim).
+        dropout: dropout of embeddings, attention and MLPs during training.
+        item_init_std: standard deviation of the item embeddings at initialisation.
+    """
+
+    dim: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    dropout: float = 0.2
+    item_init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.dim < 1 or self.num_layers < 0 or self.num_heads < 1 or self.dim % self.num_heads or not 0 <= self.dropout < 1:
+            raise ValueError(f"encoder needs dim >= 1 divisible by num_heads >= 1, num_layers >= 0 and 0 <= dropout < 1, got {self}")
+
+    @classmethod
+    def of(cls, value: EncoderConfig | Mapping[str, Any]) -> EncoderConfig:
+        """The config itself, or one from its fields (what a checkpoint written by the CLI holds in its hyper-parameters)."""
+        return value if isinstance(value, cls) else cls(**value)
+
+    def build(self, num_items: int, history_len: int) -> SeqEncoder:
+        """A `SeqEncoder` of this shape over items 1..`num_items` and states of up to `history_len` items."""
+        return SeqEncoder(num_items, self.dim, history_len, self.num_layers, self.num_heads, self.dropout, self.item_init_std)
 
 
 class SeqEncoder(nn.Module):

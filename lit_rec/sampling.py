@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -33,3 +35,25 @@ class SeededGenerator:
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         """Restores the generator's state."""
         self.generator.set_state(state["state"])
+
+
+def _generators(module: torch.nn.Module) -> dict[str, Any]:
+    return {name: value for name, value in vars(module).items() if isinstance(value, SeededGenerator)}
+
+
+def save_rng_state(module: torch.nn.Module, checkpoint: dict[str, Any]) -> None:
+    """Stores the module's own generators and torch's global RNG (dropout) in the checkpoint."""
+    checkpoint["lit_rec_rng"] = {
+        "generators": {name: g.state_dict() for name, g in _generators(module).items()},
+        "torch": torch.get_rng_state(),
+    }
+
+
+def load_rng_state(module: torch.nn.Module, checkpoint: dict[str, Any]) -> None:
+    """Restores what `save_rng_state` stored."""
+    state = checkpoint.get("lit_rec_rng")
+    if state is None:
+        return
+    for name, g in _generators(module).items():
+        g.load_state_dict(state["generators"][name])
+    torch.set_rng_state(state["torch"])

@@ -27,6 +27,8 @@ from typing import Any
 
 import lightning as L
 
+from lit_rec.reproduce.methods import config_names
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -90,7 +92,7 @@ def serve() -> None:
     import lit_rec.cli  # noqa: F401 - the expensive imports, done once
     import datamodules.datamodule  # noqa: F401
     import callbacks  # noqa: F401
-    import lit_rec.modules.actor_critic, lit_rec.modules.dqn, lit_rec.modules.drlrec  # noqa: E401, F401
+    import lit_rec.modules.a2c, lit_rec.modules.dadrl, lit_rec.modules.dqn, lit_rec.modules.drlrec  # noqa: E401, F401
     import lit_rec.modules.linucb, lit_rec.modules.popularity, lit_rec.modules.seqrec  # noqa: E401, F401
 
     out = sys.stdout
@@ -147,23 +149,18 @@ DATA_ARGS = [
     "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
 ]
 CHECKPOINT_EVERY = 4  # step 4 is mid first epoch, step 8 early in the second
-SMALL_NETWORK = ["--model.init_args.dim=32"]
-# the method configs shrunk to seconds (every argument not named here is the config's)
-METHODS: dict[str, list[str]] = {
-    "popularity": [],
-    "linucb": [],
+SMALL_NETWORK = ["--model.init_args.encoder.dim=32"]
+# the arguments that shrink a method config to seconds (every argument not named here is the config's)
+SHRINK: dict[str, list[str]] = {
     "seqrec": SMALL_NETWORK,
     "dqn": SMALL_NETWORK,
     "ddqn": SMALL_NETWORK,
-    "drlrec_teacher": [],
     "drlrec_student": ["--model.init_args.num_candidates=64"],
-    "a2c_f": [],
-    "a2c_d": [],
-    "dadrl": [],
 }
+# every config of the method registry (lit_rec.reproduce.methods), by name, with its shrinking arguments
+METHODS: dict[str, list[str]] = {name: SHRINK.get(name, []) for name in config_names()}
 # callback arguments changed so that their schedules fire within 14 steps
 CALLBACK_ARGS = {
-    "callbacks.target_update.TargetNetworkUpdate": {"every_n_steps": 3},
     "callbacks.staleness.StalenessCallback": {"histogram_every_n_steps": 3},
 }
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-ALL_METHODS = ["popularity", "linucb", "seqrec", "dqn", "ddqn", "drlrec_teacher", "drlrec_student", "a2c_f", "a2c_d", "dadrl"]
+from lit_rec.reproduce.methods import config_names
+
+ALL_METHODS = config_names()  # every config of the method registry
 
 
 @pytest.mark.slow

@@ -186,3 +186,11 @@ def test_linucb_fit_writes_the_best_checkpoint_and_test_reads_it(tmp_path: Path,
     lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: best:") and "best.ckpt" in lines[0]
     assert 0.0 <= in_process["test/ctr@10"] <= 1.0
+
+
+@pytest.mark.parametrize("config", METHOD_CONFIGS, ids=lambda p: p.stem)
+def test_data_facts_reach_every_model_from_the_data_alone(config: Path) -> None:
+    """`--data.history_len` and `--data.train_negatives` are set once, on the data: every method follows."""
+    cli = make_cli(["--config", str(config), *TINY_DATA, "--data.history_len=7", "--data.train_negatives=4"], run=False)
+    assert (cli.model.history_len, cli.model.train_negatives) == (7, 4)
+    assert (cli.model.num_items, cli.model.num_users) == (cli.datamodule.num_items, cli.datamodule.num_users)

@@ -10,7 +10,9 @@ import signal
 
 import pytest
 
-METHODS = ["popularity", "linucb", "seqrec", "dqn", "ddqn", "drlrec_teacher", "drlrec_student", "a2c_f", "a2c_d", "dadrl"]
+from lit_rec.reproduce.methods import config_names
+
+METHODS = config_names()  # every config of the method registry
 MID_EPOCH, EPOCH_END = 4, 7
 
 

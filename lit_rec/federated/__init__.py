@@ -3,8 +3,10 @@
 from lit_rec.federated.arrivals import ARRIVALS, ArrivalModel, Cohort, ExponentialArrivals, PoissonArrivals, SessionArrivals, SynchronousArrivals, make_arrivals
 from lit_rec.federated.buffer import VersionBuffer
 from lit_rec.federated.clients import Clients
+from lit_rec.federated.gradients import FlatParameters, Windows, WindowLoss
 from lit_rec.federated.privacy import GaussianMechanism
 from lit_rec.federated.server import Server, ServerStep
+from lit_rec.federated.stats import FederatedStats, ReportsFederatedStats
 
 __all__ = [
     "ARRIVALS",
@@ -12,12 +14,17 @@ __all__ = [
     "Clients",
     "Cohort",
     "ExponentialArrivals",
+    "FederatedStats",
+    "FlatParameters",
     "GaussianMechanism",
     "PoissonArrivals",
+    "ReportsFederatedStats",
     "Server",
     "ServerStep",
     "SessionArrivals",
     "SynchronousArrivals",
     "VersionBuffer",
+    "WindowLoss",
+    "Windows",
     "make_arrivals",
 ]

@@ -1,8 +1,8 @@
-"""Server: the global model's side of DADRL; its only input is `(gradients, base_version)`."""
+"""Server: the global model's side of DADRL; its only input is `(gradients, base_version)`, its output a `ServerStep`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,16 +12,22 @@ from torch import Tensor, nn
 
 from lit_rec.federated.buffer import VersionBuffer
 from lit_rec.federated.privacy import GaussianMechanism
-from lit_rec.functional.staleness import staleness_weight
+from lit_rec.functional.staleness import staleness_weight, staleness_weighted_mean, staleness_weighted_sums
 
 
 @dataclass
 class ServerStep:
-    """What one server step did: updates applied (all ranks) and the step-size multiplier used."""
+    """One aggregated server step, for the owner of the optimiser to apply.
 
-    updates: int
+    `gradient (P,)`: the flat update direction to write into the parameters' `.grad` (None: no
+    update, step with every grad None so the optimiser still counts the step); `lr_scale`: the
+    learning-rate multiplier to step with; `updates`: client updates it aggregates (all ranks).
+    After applying a step with a gradient, call `Server.publish()` to store the new version.
+    """
+
+    gradient: Tensor | None
     lr_scale: float
-    version: int
+    updates: int
 
 
 class Server:
@@ -30,17 +36,17 @@ class Server:
     Clients hand in `receive(gradients (n, P), base_version (n,))`: flat gradients (or any update
     direction, such as FedAvg's model deltas) computed on the stored version `base_version`. The
     server weights each by s(Δ), Δ = version - base_version, and by its share n_i (1, or the events
-    it averages: FedAvg's n_k), sums them, and `step()` applies `Σ s_i n_i g_i / Σ s_i n_i` with the
-    step size multiplied by the mean weight `Σ s_i n_i / Σ n_i` (Adam ignores a gradient's scale, so
-    the weights must reach the step size). Under torch.distributed the sums
-    are all-reduced, so every rank takes the identical step. Nothing else enters the server:
-    no client ids, no data, no private parameters.
+    it averages: FedAvg's n_k), sums them, and `step()` returns `Σ s_i n_i g_i / Σ s_i n_i` with the
+    step-size multiplier `Σ s_i n_i / Σ n_i` (`lit_rec.functional.staleness.staleness_weighted_mean`);
+    the module applies it with its optimiser and calls `publish()`, which stores the new version.
+    Under torch.distributed the sums are all-reduced, so every rank returns the identical step.
+    Nothing else enters the server: no client ids, no data, no private parameters; the server
+    never calls into the module.
     """
 
     def __init__(
         self,
         parameters: Sequence[nn.Parameter],
-        apply_step: Callable[[float], None],
         max_staleness: int,
         weighting: str = "constant",
         weight_a: float = 0.5,
@@ -48,9 +54,7 @@ class Server:
         privacy: GaussianMechanism | None = None,
     ) -> None:
         """Args:
-        parameters: the global model's parameters (updated in place).
-        apply_step: steps the optimiser with its learning rate multiplied by the given factor,
-            reading `p.grad` (None grads: the parameter is left alone).
+        parameters: the global model's parameters (read to store versions; the module's optimiser updates them).
         max_staleness: versions older than `version - max_staleness` are not stored.
         weighting: staleness weighting (`lit_rec.functional.staleness.WEIGHTINGS`).
         weight_a: exponent (polynomial) or slope (hinge) of the weighting.
@@ -59,7 +63,6 @@ class Server:
             denominator, step size not rescaled: the count must not leak), even for an empty cohort.
         """
         self.parameters = list(parameters)
-        self._apply_step = apply_step
         self.max_staleness = max_staleness
         self.weighting, self.weight_a, self.weight_b = weighting, weight_a, weight_b
         self.privacy = privacy
@@ -88,6 +91,10 @@ class Server:
         if self.version < 0:
             self.buffer.push(self.flat_parameters())
 
+    def publish(self) -> int:
+        """Stores the current global parameters (after a step was applied) as the next version; returns it."""
+        return self.buffer.push(self.flat_parameters())
+
     def flat_parameters(self) -> Tensor:
         """The current global parameters as one vector `(P,)`."""
         return torch.cat([p.detach().reshape(-1) for p in self.parameters])
@@ -99,6 +106,10 @@ class Server:
         return self.buffer.get(version)
 
     # ------------------------------------------------------------------ updates
+    def weights(self, staleness: Tensor) -> Tensor:
+        """The staleness weights s(Δ) `(n,)` this server gives updates computed Δ `(n,)` versions ago."""
+        return staleness_weight(staleness, self.weighting, self.weight_a, self.weight_b)
+
     def receive(self, gradients: Tensor, base_version: Tensor, shares: Tensor | None = None, clients: Tensor | None = None) -> Tensor:
         """Buffers client gradients `(n, P)` computed on `base_version (n,)`, staleness-weighted; returns the weights `(n,)`.
 
@@ -119,16 +130,17 @@ class Server:
         staleness = self.version - base_version
         if bool((staleness < 0).any()) or bool((staleness > self.max_staleness).any()):
             raise ValueError(f"base versions must lie in {self.oldest_version}..{self.version}, got {base_version.tolist()}")
-        weights = staleness_weight(staleness, self.weighting, self.weight_a, self.weight_b).to(gradients)
+        weights = self.weights(staleness).to(gradients)
         share = torch.ones_like(weights) if shares is None else shares.to(weights)
-        self._weighted_sum += (weights * share) @ gradients
-        self._weight_total += float((weights * share).sum())
-        self._share_total += float(share.sum())
+        weighted_sum, weight_total, share_total = staleness_weighted_sums(gradients, weights, share)
+        self._weighted_sum += weighted_sum
+        self._weight_total += float(weight_total)
+        self._share_total += float(share_total)
         self._count += n if clients is None else int(clients.sum())
         return weights
 
     def step(self) -> ServerStep:
-        """Applies the buffered updates of this cohort (every rank's) as one optimiser step; stores the new version."""
+        """Aggregates the buffered updates of this cohort (every rank's) into one `ServerStep` and empties the buffer."""
         totals = [self._weight_total, self._share_total, self._count]
         packed = torch.cat([self._weighted_sum, self._weighted_sum.new_tensor(totals)])
         if dist.is_available() and dist.is_initialized():
@@ -137,28 +149,12 @@ class Server:
         count = int(round(float(packed[-1])))
         self._weighted_sum.zero_()
         self._weight_total, self._share_total, self._count = 0.0, 0.0, 0
-        if self.privacy is not None:
-            self._set_gradients(self.privacy.privatise(weighted_sum))
-            self._apply_step(1.0)
-            self.buffer.push(self.flat_parameters())
-            return ServerStep(updates=count, lr_scale=1.0, version=self.version)
+        if self.privacy is not None:  # a noisy step every round, at the unscaled step size
+            return ServerStep(gradient=self.privacy.privatise(weighted_sum), lr_scale=1.0, updates=count)
         if count == 0 or weight_total <= 0.0:
-            for p in self.parameters:
-                p.grad = None  # the optimiser skips them; its step still advances global_step
-            self._apply_step(0.0)
-            return ServerStep(updates=0, lr_scale=0.0, version=self.version)
-        self._set_gradients(weighted_sum / weight_total)
-        lr_scale = weight_total / share_total
-        self._apply_step(lr_scale)
-        self.buffer.push(self.flat_parameters())
-        return ServerStep(updates=count, lr_scale=lr_scale, version=self.version)
-
-    def _set_gradients(self, gradient: Tensor) -> None:
-        """Writes a flat gradient `(P,)` into the parameters' `.grad`."""
-        offset = 0
-        for p in self.parameters:
-            p.grad = gradient[offset : offset + p.numel()].view_as(p).clone()
-            offset += p.numel()
+            return ServerStep(gradient=None, lr_scale=0.0, updates=0)
+        gradient, lr_scale = staleness_weighted_mean(weighted_sum, weight_total, share_total)
+        return ServerStep(gradient=gradient, lr_scale=lr_scale, updates=count)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

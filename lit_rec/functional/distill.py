@@ -14,6 +14,7 @@ __all__ = [
     "batch_max_confidence",
     "explore_candidates",
     "exp_confidence",
+    "explore_and_filter",
     "filter_topk_union",
     "hint_mse",
     "listwise_kl",
@@ -132,6 +133,18 @@ def weighted_mean(values: Tensor, weights: Tensor | None = None) -> Tensor:
         return values.mean()
     assert weights.shape == values.shape, f"weights {tuple(weights.shape)} != values {tuple(values.shape)}"
     return (weights.detach() * values).mean()
+
+
+def explore_and_filter(
+    logged: Tensor, teacher_q_all: Tensor, student_q_all: Tensor, num_candidates: int, item_popularity: Tensor,
+    generator: torch.Generator, popularity_fraction: float, k: int,
+) -> tuple[Tensor, Tensor]:
+    """Lessons per state: `items (B, 2k)` (the teacher's top-k then the student's top-k of `num_candidates` explored
+    candidates around `logged (B, n)`) and their de-duplication mask, from both networks' scores of every item
+    `(B, num_items + 1)`."""
+    candidates = explore_candidates(logged, num_candidates, item_popularity, generator, popularity_fraction)
+    columns, mask = filter_topk_union(candidates, teacher_q_all.gather(1, candidates), student_q_all.gather(1, candidates), k)
+    return candidates.gather(1, columns), mask
 
 
 # ----------------------------------------------------------------------------- confidence

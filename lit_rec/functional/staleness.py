@@ -59,3 +59,17 @@ def resolve_stale_versions(base_version: Tensor, latest: int, max_staleness: int
     if policy == "refresh":
         return torch.where(expired, torch.full_like(base_version, latest), base_version), keep
     return base_version, keep
+
+
+def staleness_weighted_sums(rows: Tensor, weights: Tensor, shares: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """`(Σ s_i n_i g_i (P,), Σ s_i n_i, Σ n_i)` of updates `rows (n, P)`, staleness weights `s (n,)` and shares `n (n,)`."""
+    weighted = weights * shares
+    return weighted @ rows, weighted.sum(), shares.sum()
+
+
+def staleness_weighted_mean(weighted_sum: Tensor, weight_total: float, share_total: float) -> tuple[Tensor, float]:
+    """The server's update `Σ s n g / Σ s n (P,)` and its step-size multiplier, the mean weight `Σ s n / Σ n`.
+
+    Adam ignores a gradient's scale, so the staleness weights reach the step through the multiplier.
+    """
+    return weighted_sum / weight_total, weight_total / share_total

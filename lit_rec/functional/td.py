@@ -88,3 +88,14 @@ def replay_td_loss(
     per_action = _elementwise_loss(other_q - bootstrap.unsqueeze(-1), kind) * counted
     mean_other = per_action.sum(-1) / counted.sum(-1).clamp_min(1)
     return _elementwise_loss(logged_q - 1.0 - bootstrap, kind) + mean_other
+
+
+@torch.no_grad()
+def update_target(online: torch.nn.Module, target: torch.nn.Module, tau: float) -> None:
+    """`target <- (1 - tau) * target + tau * online` for parameters and float buffers (tau = 1: copy)."""
+    pairs = [*zip(target.parameters(), online.parameters(), strict=True), *zip(target.buffers(), online.buffers(), strict=True)]
+    for t, o in pairs:
+        if tau < 1 and t.is_floating_point():
+            t.lerp_(o, tau)
+        else:
+            t.copy_(o)

@@ -8,11 +8,11 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lit_rec.evaluation import FullRankingMetrics, OnePlusKMetrics, seen_index_from_csr
+from lit_rec.evaluation import FullRankingMetrics, OnePlusKMetrics
 from lit_rec.functional.next_item import Columns, greedy_hits, random_rivals
 from lit_rec.popularity import PopularityScorer
 from lit_rec.recommend import recommend_top_k
-from lit_rec.sampling import SeededGenerator
+from lit_rec.sampling import load_rng_state, save_rng_state
 
 DEFAULT_KS = (1, 10, 20, 50, 100)
 
@@ -27,6 +27,9 @@ class RecModule(L.LightningModule):
     it once.
     """
 
+    last_metrics: dict[str, float]
+    """The latest epoch's `val/*` and `test/*` values (global across ranks), kept for callers after `fit` or `test`."""
+
     def __init__(
         self,
         num_items: int,
@@ -35,14 +38,19 @@ class RecModule(L.LightningModule):
         full_ranking: bool = True,
         eval_chunk_size: int = 256,
         history_len: int = 10,
+        train_negatives: int = 10,
+        predict_top_k: int = 10,
     ) -> None:
         """Args:
         num_items: catalogue size (items are 1..num_items, 0 is PAD); linked from the data.
         num_users: number of users; linked from the data.
         history_len: items in a state and in a training window; linked from the data's `history_len`.
+        train_negatives: random items beside the logged one in a training candidate set (`train/ctr`,
+            LinUCB's decisions, DRL-Rec's lessons); linked from the data's `train_negatives`.
         eval_ks: numbers of random negatives per positive for CTR@k.
         full_ranking: also compute hr@10_full / ndcg@10_full against every item.
         eval_chunk_size: rows scored at once against the full catalogue.
+        predict_top_k: recommendations per user that `predict_step` returns (what `callbacks.PredictionWriter` writes).
         """
         super().__init__()
         if num_items < 2:
@@ -52,6 +60,12 @@ class RecModule(L.LightningModule):
         if history_len < 1:
             raise ValueError(f"history_len must be >= 1, got {history_len}")
         self.history_len = history_len
+        if train_negatives < 0:
+            raise ValueError(f"train_negatives must be >= 0, got {train_negatives}")
+        self.train_negatives = train_negatives
+        if predict_top_k < 1:
+            raise ValueError(f"predict_top_k must be >= 1, got {predict_top_k}")
+        self.predict_top_k = predict_top_k
         self.eval_ks = list(eval_ks or DEFAULT_KS)
         self.full_ranking = full_ranking
         self.eval_chunk_size = eval_chunk_size
@@ -63,6 +77,7 @@ class RecModule(L.LightningModule):
         )
         self.full_metrics = torch.nn.ModuleDict({s: FullRankingMetrics() for s in ("val", "test")})
         self.popularity: PopularityScorer | None = None
+        self.last_metrics: dict[str, float] = {}
         # events processed by this process; converted to episodes with the data's mean episode length
         self.register_buffer("events_seen", torch.zeros((), dtype=torch.long))
 
@@ -77,11 +92,6 @@ class RecModule(L.LightningModule):
         if self.trainer.world_size > 1 and self.device.type == "cpu":
             torch.set_num_threads(1)  # two ranks on two cores: more threads oversubscribe (PITFALLS.md)
         tensors = self.tensors
-        if tensors.history_len != self.history_len:
-            raise ValueError(
-                f"the model's history_len={self.history_len} but the data's is {tensors.history_len}: "
-                "train.py links them; set --data.history_len (the model follows)"
-            )
         self.popularity = PopularityScorer(tensors.item_popularity).to(self.device)
         self._seen_offsets = tensors.seen_offsets
         self._seen_items = tensors.seen_items
@@ -167,24 +177,8 @@ class RecModule(L.LightningModule):
         self.metrics[f"{stage}_pop"].update(self.popularity(candidates))
 
     def _update_full_ranking(self, stage: str, full: Tensor, part: dict[str, Tensor]) -> None:
-        """Full-ranking metrics of a chunk: `full` `(B, num_items + 1)` scores, `part` its batch rows.
-
-        The frozen negatives (candidate columns 1..) are items the user never touched, so eligible
-        competitors: an event where k of them score above its positive ranks below k among all items
-        and adds hr@k = ndcg@k = 0 without a full count (most events, unless the model is strong).
-        """
-        metric = self.full_metrics[stage]
-        candidates = part["candidates"]
-        on_candidates = full.gather(1, candidates.to(full.device).long())  # the same values the count compares
-        ranked = (on_candidates[:, 1:] > on_candidates[:, :1]).sum(dim=1) < metric.k
-        misses = int(candidates.shape[0] - ranked.sum())
-        users, positive = part["user"], candidates[:, 0]
-        if misses:
-            keep = ranked.nonzero()[:, 0]
-            full, users, positive = full[keep], users[keep.to(users.device)], positive[keep.to(positive.device)]
-        # the seen items as (row, column) pairs: no dense (rows, num_items + 1) mask
-        rows, columns = seen_index_from_csr(users.cpu(), self._seen_offsets, self._seen_items)
-        metric.update(full.float(), positive.to(full.device), (rows.to(full.device), columns.to(full.device)), misses)
+        """Full-ranking metrics of a chunk: `full` `(B, num_items + 1)` scores, `part` its batch rows."""
+        self.full_metrics[stage].update_from_candidates(full, part["candidates"], part["user"], self._seen_offsets, self._seen_items)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """Accumulates One-Plus-K metrics of the model and of the popularity reference."""
@@ -205,7 +199,7 @@ class RecModule(L.LightningModule):
         self.metrics[f"{stage}_pop"].reset()
         self.log_dict(values, sync_dist=False)
         result = {k: float(v) for k, v in values.items()}
-        self.last_metrics = {**getattr(self, "last_metrics", {}), **result}
+        self.last_metrics = {**self.last_metrics, **result}
         return result
 
     def on_validation_epoch_end(self) -> None:
@@ -217,8 +211,6 @@ class RecModule(L.LightningModule):
         self._log_epoch_metrics("test")
 
     # ------------------------------------------------------------------ predict
-    predict_top_k: int = 10  # recommendations per user from predict_step; PredictionWriter sets its top_k
-
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Each user's top `predict_top_k` unseen items: `{"user", "items" (B, k), "scores" (B, k)}`."""
         items, scores = recommend_top_k(self, batch, self.predict_top_k, self.tensors)
@@ -274,11 +266,6 @@ class RecModule(L.LightningModule):
         window.pop(name, None)
         self.log(name, total / count if mean else total, on_step=True, on_epoch=False, prog_bar=prog_bar)
 
-    def count_events(self, n: int) -> float:
-        """Adds `n` processed train events (all ranks) and returns `train/episodes` so far."""
-        self.events_seen.add_(n * self.trainer.world_size)
-        return float(self.events_seen) / self._episode_len
-
     def window_events(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """`(history (E, L), item (E,))` of every train event a batch of windows predicts, each with its full history."""
         train, offsets = self.tensors.train, self.tensors.train_offsets
@@ -287,16 +274,10 @@ class RecModule(L.LightningModule):
         events = events[events >= offsets[batch["user"].cpu()].unsqueeze(1)]
         return train.history[events].to(self.device), train.item[events].to(self.device)
 
-    @property
-    def num_rivals(self) -> int:
-        """Random items beside the logged one in a training candidate set (the data's `train_negatives`)."""
-        trainer = self._trainer
-        return int(getattr(trainer.datamodule, "train_negatives", 10)) if trainer is not None and trainer.datamodule is not None else 10
-
     def log_window_ctr(self, columns: Columns, generator: torch.Generator) -> None:
         """Logs `train/ctr` of the trained states `(P,)`: how often the greedy policy ranks each state's logged item
         first among it and `train_negatives` random items (the rate Figure 2 plots)."""
-        rivals = random_rivals(columns, max(1, self.num_rivals), generator)
+        rivals = random_rivals(columns, max(1, self.train_negatives), generator)
         hits = greedy_hits(columns.masked_scores().detach(), columns.target, rivals)
         self.log_train_ctr(hits.float(), hits.numel())
 
@@ -310,47 +291,3 @@ class RecModule(L.LightningModule):
         self.log_step("train/ctr", reward.float().mean(), prog_bar=True)
         if self.logs_this_step():
             self.log("train/episodes", float(self.events_seen) / self._episode_len, on_step=True, on_epoch=False)
-
-
-class StatisticsModule(RecModule):
-    """A method learned from sufficient statistics (no gradients), such as LinUCB or Popularity.
-
-    Lightning advances `global_step` (and with it `max_steps`, step-based validation and
-    checkpoints) only through an optimizer's `step()`, so these methods step an optimizer over
-    one empty parameter after each statistics update.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.automatic_optimization = False
-        self._step_anchor = torch.nn.Parameter(torch.zeros(0))  # DDP refuses modules without a trainable parameter
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """An optimizer that changes nothing; stepping it advances `global_step`."""
-        return torch.optim.SGD([self._step_anchor], lr=0.0)
-
-    def advance_step(self) -> None:
-        """Counts one training step in Lightning's progress."""
-        self.optimizers().step()
-
-
-def _generators(module: torch.nn.Module) -> dict[str, Any]:
-    return {name: value for name, value in vars(module).items() if isinstance(value, SeededGenerator)}
-
-
-def save_rng_state(module: torch.nn.Module, checkpoint: dict[str, Any]) -> None:
-    """Stores the module's own generators and torch's global RNG (dropout) in the checkpoint."""
-    checkpoint["lit_rec_rng"] = {
-        "generators": {name: g.state_dict() for name, g in _generators(module).items()},
-        "torch": torch.get_rng_state(),
-    }
-
-
-def load_rng_state(module: torch.nn.Module, checkpoint: dict[str, Any]) -> None:
-    """Restores what `save_rng_state` stored."""
-    state = checkpoint.get("lit_rec_rng")
-    if state is None:
-        return
-    for name, g in _generators(module).items():
-        g.load_state_dict(state["generators"][name])
-    torch.set_rng_state(state["torch"])

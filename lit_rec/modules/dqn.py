@@ -15,8 +15,9 @@ The algorithm, top to bottom (one `training_step` on a batch of training windows
    demonstrations' large-margin term of DQfD, Hester et al. 2018, in its softmax form; SQN's
    supervised head shares the backbone, here it shares the head too, so the greedy policy is the
    Q-learner's own): `loss = ce_weight * CE + td_weight * TD`.
-The target network follows the online one through the `callbacks.TargetNetworkUpdate` callback
-(it finds them with `target_pairs()`); the math lives in `lit_rec.functional.td` and `.next_item`.
+After every `target_every_n_steps` optimizer steps the module moves its target networks (`target_pairs()`)
+towards the online ones: a `soft` Polyak blend with weight `target_tau`, or a `hard` copy; no callback is
+needed. The math lives in `lit_rec.functional.td` and `.next_item`.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ import torch
 from torch import Tensor
 
 from lit_rec.functional.next_item import Columns, TrainingSoftmax, cross_entropy, score_columns, window_targets
-from lit_rec.functional.td import next_state_values, replay_td_loss
+from lit_rec.functional.td import next_state_values, replay_td_loss, update_target
 from lit_rec.modules.base import RecModule
-from lit_rec.networks import QHead, QNetwork, SeqEncoder
+from lit_rec.networks import EncoderConfig, QHead, QNetwork
 from lit_rec.sampling import SeededGenerator
 
 
@@ -64,13 +65,12 @@ class DQN(RecModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         max_grad_norm: float = 5.0,
-        dim: int = 64,
-        num_layers: int = 2,
-        num_heads: int = 2,
-        dropout: float = 0.2,
-        item_init_std: float = 0.02,
+        encoder: EncoderConfig = EncoderConfig(),
         softmax: Literal["full", "sampled"] = "full",
         sampled_negatives: int = 1024,
+        target_update: Literal["soft", "hard"] = "soft",
+        target_tau: float = 0.05,
+        target_every_n_steps: int = 1,
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
@@ -85,16 +85,16 @@ class DQN(RecModule):
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         max_grad_norm: gradient clipping by global norm (0 disables it).
-        dim: width of the encoder's embeddings, Transformer and state.
-        num_layers: causal Transformer blocks.
-        num_heads: attention heads (must divide dim).
-        dropout: dropout of the online encoder during training.
-        item_init_std: standard deviation of the item embeddings at initialisation.
+        encoder: the SASRec encoder's shape (`lit_rec.networks.EncoderConfig`).
         softmax: columns of a training step: `full` catalogue, or a `sampled` logQ-corrected softmax.
         sampled_negatives: items per batch of the sampled softmax.
+        target_update: `soft` blends the online weights into the target networks with weight `target_tau`; `hard` copies them.
+        target_tau: blend weight of the soft update (ignored by `hard`).
+        target_every_n_steps: optimizer steps between two target updates.
         seed: seed of the network initialisation and of the samplers.
         """
         super().__init__(**kwargs)
+        encoder = EncoderConfig.of(encoder)
         if gamma < 0 or gamma >= 1 or td_weight < 0 or ce_weight < 0 or td_weight + ce_weight == 0:
             raise ValueError(f"DQN needs 0 <= gamma < 1 and weights >= 0, not both 0: got gamma={gamma}, td_weight={td_weight}, ce_weight={ce_weight}")
         if loss not in ("huber", "mse"):
@@ -105,17 +105,22 @@ class DQN(RecModule):
         if td_actions < 0:
             raise ValueError(f"td_actions must be >= 0, got {td_actions}")
         self.loss_kind, self.td_actions, self.max_grad_norm, self.seed = loss, td_actions, max_grad_norm, seed
+        if target_update not in ("soft", "hard") or target_every_n_steps < 1 or not 0 < target_tau <= 1:
+            raise ValueError(
+                f"DQN needs target_update 'soft' or 'hard', target_every_n_steps >= 1 and 0 < target_tau <= 1, "
+                f"got {target_update!r}, {target_every_n_steps}, {target_tau}"
+            )
+        self.target_update, self.target_tau, self.target_every_n_steps = target_update, target_tau, target_every_n_steps
         self.training_softmax = TrainingSoftmax(softmax, sampled_negatives)
         with torch.random.fork_rng(devices=[]):  # the initialisation depends on `seed` only
             torch.manual_seed(seed)
-            self.online = self.build_network(dim, num_heads, num_layers, dropout, item_init_std)
+            self.online = self.build_network(encoder)
         self.target = copy.deepcopy(self.online).requires_grad_(False).eval()  # Lightning does not call train() at fit start
         self.rng = SeededGenerator(seed + 1)
 
-    def build_network(self, dim: int, num_heads: int, num_layers: int, dropout: float, item_init_std: float) -> QNetwork:
-        """A `QNetwork` of the given shape on this data's catalogue and history length."""
-        encoder = SeqEncoder(self.num_items, dim, self.history_len, num_layers, num_heads, dropout, item_init_std)
-        return QNetwork(encoder, QHead(dim))
+    def build_network(self, encoder: EncoderConfig) -> QNetwork:
+        """A `QNetwork` with an encoder of that shape on this data's catalogue and history length."""
+        return QNetwork(encoder.build(self.num_items, self.history_len), QHead(encoder.dim))
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -124,7 +129,7 @@ class DQN(RecModule):
         self.training_softmax.fit(self.tensors.item_popularity)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam over the online network (the target follows it through TargetNetworkUpdate)."""
+        """Adam over the online network (the target follows it through `sync_targets`)."""
         return torch.optim.Adam(self.online.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None) -> None:
@@ -140,8 +145,22 @@ class DQN(RecModule):
         return self
 
     def target_pairs(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
-        """`(online, target)` for `callbacks.TargetNetworkUpdate`."""
+        """The `(online, target)` networks that `sync_targets` updates."""
         return [(self.online, self.target)]
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Steps the optimizer, then syncs the target networks every `target_every_n_steps` optimizer steps."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # Lightning counts this step once the hook returns (hence + 1); syncing here, before the callbacks'
+        # on_train_batch_end, puts the synced targets in a checkpoint written at this step
+        if (self.trainer.global_step + 1) % self.target_every_n_steps == 0:
+            self.sync_targets()
+
+    def sync_targets(self) -> None:
+        """Moves every target network towards its online one: a `hard` copy or a `soft` blend with `target_tau`."""
+        tau = 1.0 if self.target_update == "hard" else self.target_tau
+        for online, target in self.target_pairs():
+            update_target(online, target, tau)
 
     # ------------------------------------------------------------------ learning
     def q_losses(self, history: Tensor, item: Tensor) -> QLosses:

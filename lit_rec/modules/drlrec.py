@@ -7,8 +7,8 @@ supervised terms, target network), whose loss adds the distillation terms. One t
 batch of windows, top to bottom:
 
 1. the student's own DQN loss (`DQN.q_losses`: every position, the whole catalogue);
-2. the teacher's squared TD error delta at every position with a next state gives that state a
-   confidence c(delta) (`callbacks.ConfidenceCallback`, or the official batch-max formula without it);
+2. the teacher's squared TD error delta at every position with a next state gives that state a confidence
+   c(delta) (`confidence_formula`: official batch-max, or exp(-delta / sigma^2), sigma^2 a running buffer);
 3. exploring/filtering: per state a candidate set of `num_candidates` items (the logged item and
    `train_negatives` random items, then popularity- and uniform-sampled items), scored by both
    networks; the lessons are the teacher's top-k united with the student's top-k, de-duplicated
@@ -25,128 +25,24 @@ teacher has `requires_grad=False` and stays in eval mode. The math is in `lit_re
 
 from __future__ import annotations
 
-import copy
-import inspect
-import statistics
-import time
-from collections.abc import Callable
 from contextlib import nullcontext
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from lit_rec.functional.distill import (
-    batch_max_confidence,
-    explore_candidates,
-    filter_topk_union,
-    hint_mse,
-    listwise_kl,
-    weighted_mean,
-)
+from lit_rec.functional.distill import batch_max_confidence, exp_confidence, explore_and_filter
+from lit_rec.functional.distill import hint_mse, listwise_kl, running_mean_update, weighted_mean
 from lit_rec.functional.next_item import Columns, cross_entropy
 from lit_rec.functional.td import next_state_values, replay_td_loss
-from lit_rec.modules.base import RecModule
 from lit_rec.modules.dqn import DQN
-from lit_rec.networks import QNetwork
+from lit_rec.modules.teacher import fresh_teacher_networks, teacher_networks
+from lit_rec.networks import EncoderConfig, QNetwork
 from lit_rec.sampling import SeededGenerator
 
-
-def num_parameters(network: nn.Module) -> int:
-    """Parameters of a network, trainable or frozen (target networks are separate modules, never counted)."""
-    return sum(p.numel() for p in network.parameters())
-
-
-def load_teacher(path: str, num_items: int, num_users: int) -> DQN:
-    """The DQN of a Lightning checkpoint (its hyperparameters, online and target weights), on CPU."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    accepted = (set(inspect.signature(DQN.__init__).parameters) | set(inspect.signature(RecModule.__init__).parameters)) - {
-        "self", "kwargs", "num_items", "num_users"
-    }
-    hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}
-    with torch.random.fork_rng(devices=[]):  # building a DQN must not move the global RNG
-        teacher = DQN(num_items=num_items, num_users=num_users, **hparams)
-    for name in ("online", "target"):
-        prefix = f"{name}."
-        weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-        if not weights:
-            raise ValueError(f"teacher checkpoint {path} has no '{prefix}*' weights: is it a DQN run (configs/drlrec_teacher.yaml)?")
-        try:
-            getattr(teacher, name).load_state_dict(weights)
-        except RuntimeError as error:
-            first = str(error).strip().splitlines()[-1].strip()
-            raise ValueError(f"teacher checkpoint {path} does not fit this data's catalogue ({num_items} items): {first}") from None
-    return teacher
-
-
-@torch.inference_mode()
-def scoring_latency_ms(
-    networks: dict[str, nn.Module],
-    num_items: int,
-    history_len: int,
-    num_candidates: int = 1000,
-    repeats: int = 50,
-    seed: int = 0,
-    clock: Callable[[], float] = time.perf_counter,
-) -> dict[str, float]:
-    """Median milliseconds per network to score `num_candidates` items for one request, the networks interleaved.
-
-    A network is a module with `score(history, candidates)` (a `QNetwork`) or one called that way (an
-    exported TorchScript artefact). Uses the current torch thread count and each network's device;
-    the networks are put in eval mode for the measurement and restored after it. `clock` may be
-    `time.thread_time` (CPU time of this thread) to ignore other processes on a shared machine when
-    torch runs one thread.
-    """
-    g = torch.Generator().manual_seed(seed)
-    history = torch.randint(1, num_items + 1, (1, history_len), generator=g)
-    candidates = torch.randint(1, num_items + 1, (1, num_candidates), generator=g)
-    modes = {name: net.training for name, net in networks.items() if hasattr(net, "training")}  # frozen TorchScript has none
-    times: dict[str, list[float]] = {name: [] for name in networks}
-    for name in modes:
-        networks[name].eval()
-    try:
-        for i in range(repeats + 3):  # 3 warm-up rounds
-            for name, net in networks.items():
-                first = next(iter(net.parameters()), None)
-                device = first.device if first is not None else torch.device("cpu")
-                h, c = history.to(device), candidates.to(device)
-                start = clock()
-                getattr(net, "score", net)(h, c)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if i >= 3:
-                    times[name].append(clock() - start)
-    finally:
-        for name, mode in modes.items():
-            networks[name].train(mode)
-    return {name: 1000.0 * statistics.median(values) for name, values in times.items()}
-
-
-def serving_latency_ms(teacher: DQN, student: DQN, workdir: str | Path, repeats: int = 200) -> dict[str, float]:
-    """Median ms to score 1000 candidates for one request: `teacher`, `student` (eager online networks) and
-    `teacher_artefact`, `student_artefact` (their `lit_rec.export` TorchScript files, written to `workdir`).
-
-    The four are interleaved and timed on this thread's CPU time (`time.thread_time`), so other processes on
-    a shared machine do not inflate the figures when torch runs one thread.
-    """
-    from lit_rec.export import export  # lit_rec.export loads modules by class path: imported late
-
-    networks: dict[str, nn.Module] = {"teacher": teacher.online, "student": student.online}
-    for role, module in (("teacher", teacher), ("student", student)):
-        path = Path(workdir) / f"{role}.pt"
-        export(module, path)
-        networks[f"{role}_artefact"] = torch.jit.load(str(path))
-    return scoring_latency_ms(networks, student.num_items, student.history_len, 1000, repeats, clock=time.thread_time)
-
-
-LOGGED_TERMS = {
-    "rl": "train/loss_rl",
-    "teacher_rl": "train/loss_teacher",
-    "kl": "distill/kl",
-    "hint": "distill/hint",
-    "filtered_size": "distill/filtered_size",
-}
+LOGGED_TERMS = {"rl": "train/loss_rl", "teacher_rl": "train/loss_teacher", "kl": "distill/kl", "hint": "distill/hint",
+                "filtered_size": "distill/filtered_size"}
+FROZEN_TEACHER_KEYS = ("teacher.", "teacher_target.")  # state-dict prefixes of a frozen teacher, never saved with the student
 
 
 class DRLRecStudent(DQN):
@@ -163,22 +59,23 @@ class DRLRecStudent(DQN):
         temperature: float = 1.0,
         explore_filter: bool = True,
         confidence: bool = True,
+        confidence_formula: Literal["batch_max", "exp"] = "batch_max",
+        min_confidence: float = 0.0,
+        confidence_momentum: float = 0.99,
         kl: bool = True,
         hint: bool = True,
         distill_states: int | None = None,
         num_candidates: int = 1000,
         top_k: int = 10,
         popularity_fraction: float = 0.5,
-        teacher_dim: int = 64,
-        teacher_num_heads: int = 2,
+        teacher_encoder: EncoderConfig = EncoderConfig(),
         double: bool = True,
-        dim: int = 32,
-        latency_candidates: int = 1000,
+        encoder: EncoderConfig = EncoderConfig(dim=32),
         **kwargs: Any,
     ) -> None:
         """Args:
         teacher_ckpt: checkpoint of the teacher (a `DQN` run, e.g. configs/drlrec_teacher.yaml): frozen, read at
-            fit start, never saved with the student; none: a teacher with the `teacher_*` widths is co-trained
+            fit start, never saved with the student; none: a teacher of shape `teacher_encoder` is co-trained
             from scratch (official code).
         distill: learn from the teacher at all; false gives the student alone (`w_rl` x its own DDQN loss).
         co_train: keep training the loaded teacher on its own DDQN loss alongside the student (it is then
@@ -190,6 +87,10 @@ class DRLRecStudent(DQN):
         explore_filter: distil on each state's filtered lessons (teacher top-k + student top-k of
             `num_candidates` explored items); false distils on the transition's own candidates.
         confidence: weight each state's distillation terms by the teacher's confidence; false: weight 1.
+        confidence_formula: `batch_max` (official code: 1 - delta / max delta over the batch) or `exp`
+            (exp(-delta / sigma^2), sigma^2 a running mean of delta over the batches of every rank).
+        min_confidence: lower clamp of every confidence (1 is the upper clamp).
+        confidence_momentum: weight of the past in the running sigma^2 of `exp`.
         kl: include the KL term.
         hint: include the hint term.
         distill_states: distil at this many of a batch's states, drawn at random each step (the student's own
@@ -197,13 +98,13 @@ class DRLRecStudent(DQN):
         num_candidates: explored candidates per state (the transition's candidates first, then samples).
         top_k: lessons taken from the teacher's ranking and, separately, from the student's.
         popularity_fraction: share of the sampled candidates drawn by popularity (the rest uniformly).
-        teacher_dim: the teacher's width: its state is the hint (sizes the hint projection; a loaded teacher must match).
-        teacher_num_heads: attention heads of a co-trained teacher built from scratch.
+        teacher_encoder: the teacher's encoder: its width is the hint's (sizes the hint projection; a loaded
+            teacher must match it); its whole shape builds a teacher co-trained from scratch.
         double: Double-DQN target for the student (the official "DDQN").
-        dim: the student's width, of its state (hint) and item vectors (the teacher's shape, narrower).
-        latency_candidates: candidates per request when timing the networks at fit start (`model/latency_ms`).
+        encoder: the student's encoder: the teacher's shape, narrower (its width is that of the hint and item vectors).
         """
-        super().__init__(double=double, dim=dim, **kwargs)
+        encoder, teacher_encoder = EncoderConfig.of(encoder), EncoderConfig.of(teacher_encoder)
+        super().__init__(double=double, encoder=encoder, **kwargs)
         if w_rl < 0 or w_kl < 0 or w_hint < 0 or temperature <= 0:
             raise ValueError(f"DRLRecStudent needs weights >= 0 and temperature > 0, got {w_rl}, {w_kl}, {w_hint}, {temperature}")
         self.distill = distill
@@ -214,66 +115,47 @@ class DRLRecStudent(DQN):
             raise ValueError(f"distill_states must be >= 1 or null (every state), got {distill_states}")
         self.distill_states = distill_states
         self.num_candidates, self.top_k, self.popularity_fraction = num_candidates, top_k, popularity_fraction
-        self.latency_candidates = latency_candidates
+        if confidence_formula not in ("batch_max", "exp") or not 0 <= min_confidence <= 1 or not 0 <= confidence_momentum < 1:
+            raise ValueError(f"DRLRecStudent needs confidence_formula 'batch_max' or 'exp', 0 <= min_confidence <= 1 and 0 <= confidence_momentum "
+                             f"< 1, got {confidence_formula!r}, {min_confidence}, {confidence_momentum}")
+        self.confidence_formula, self.min_confidence, self.confidence_momentum = confidence_formula, min_confidence, confidence_momentum
+        if confidence_formula == "exp":  # its running mean of delta and the batches behind it, checkpointed (batch_max has no state)
+            self.register_buffer("confidence_sigma2", torch.zeros(()))
+            self.register_buffer("confidence_batches", torch.zeros((), dtype=torch.long))
+        self.last_confidence: Tensor | None = None  # the last training step's confidences `(S,)`, for callbacks.ConfidenceLogger
         self.explore_rng = SeededGenerator(self.seed + 3)
-        self.confidence_fn: Any = None  # set by callbacks.ConfidenceCallback
-        self.last_confidence: Tensor | None = None
-        self.model_stats: dict[str, float] = {}
-        self.teacher_ckpt, self.teacher_dim = teacher_ckpt, teacher_dim
+        self.teacher_ckpt, self.teacher_dim = teacher_ckpt, teacher_encoder.dim
         self.teacher: QNetwork | None = None
         self.teacher_target: QNetwork | None = None
         if self.co_train:  # a trained teacher is part of the module and of its checkpoints
             if teacher_ckpt is not None:
-                online, target = self._read_teacher()
+                online, target = teacher_networks(teacher_ckpt, self)
             else:
-                online, target = self._fresh_teacher(teacher_dim, teacher_num_heads)
+                online, target = fresh_teacher_networks(self, teacher_encoder)
             self.teacher, self.teacher_target = online, target.requires_grad_(False).eval()
             self.teacher_dim = online.encoder.dim
         # a frozen teacher is read from teacher_ckpt in setup("fit") and never saved with the student
         with torch.random.fork_rng(devices=[]):  # initialised from `seed` only, like the networks
             torch.manual_seed(self.seed + 4)
             # FitNets regressor: the student's hint space mapped onto the teacher's when the widths differ
-            project = distill and hint and self.teacher_dim != dim  # no unused parameters (DDP)
-            self.hint_projection: nn.Module = nn.Linear(dim, self.teacher_dim, bias=False) if project else nn.Identity()
+            project = distill and hint and self.teacher_dim != encoder.dim  # no unused parameters (DDP)
+            self.hint_projection: nn.Module = nn.Linear(encoder.dim, self.teacher_dim, bias=False) if project else nn.Identity()
         self._item_popularity: Tensor | None = None
-
-    def _read_teacher(self) -> tuple[QNetwork, QNetwork]:
-        """The teacher's online and target networks from `teacher_ckpt`, checked against the student."""
-        assert self.teacher_ckpt is not None
-        teacher = load_teacher(self.teacher_ckpt, self.num_items, self.num_users)
-        if teacher.history_len != self.history_len:
-            raise ValueError(f"teacher {self.teacher_ckpt} has history_len={teacher.history_len}, the student {self.history_len}")
-        return teacher.online, teacher.target
-
-    def _fresh_teacher(self, dim: int, num_heads: int) -> tuple[QNetwork, QNetwork]:
-        """A new teacher (seeded from `seed`) for co-training from scratch."""
-        hp = self.hparams
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed + 100)
-            online = self.build_network(dim, num_heads, hp["num_layers"], hp["dropout"], hp["item_init_std"])
-        return online, copy.deepcopy(online)
 
     def load_frozen_teacher(self, device: torch.device | str = "cpu") -> None:
         """Reads the frozen teacher from `teacher_ckpt` (no gradient, eval mode) unless it is already there."""
-        if not self.distill or self.teacher is not None:
+        if not self.distill or self.teacher is not None or self.teacher_ckpt is None:
             return
-        online, target = self._read_teacher()
-        if online.encoder.dim != self.teacher_dim:
-            raise ValueError(
-                f"teacher {self.teacher_ckpt} has width {online.encoder.dim}, but teacher_dim={self.teacher_dim}: "
-                f"set --model.init_args.teacher_dim={online.encoder.dim}"
-            )
-        self.teacher = online.requires_grad_(False).eval().to(device)
-        self.teacher_target = target.requires_grad_(False).eval().to(device)
+        online, target = teacher_networks(self.teacher_ckpt, self, self.teacher_dim)
+        self.teacher, self.teacher_target = (net.requires_grad_(False).eval().to(device) for net in (online, target))
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
         """Reads a frozen teacher and keeps the train popularity for exploring."""
         super().setup(stage)
         if stage == "fit":
-            device = self.trainer.strategy.root_device
-            self.load_frozen_teacher(device)
-            self._item_popularity = self.tensors.item_popularity.to(device)
+            self.load_frozen_teacher(self.trainer.strategy.root_device)
+            self._item_popularity = self.tensors.item_popularity.to(self.trainer.strategy.root_device)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """One Adam over the student, its hint projection and, when co-trained, the teacher (disjoint losses)."""
@@ -293,61 +175,38 @@ class DRLRecStudent(DQN):
 
     def target_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """The student's `(online, target)`, and the teacher's when it is co-trained."""
-        pairs = super().target_pairs()
-        if self.co_train and self.teacher is not None and self.teacher_target is not None:
-            pairs.append((self.teacher, self.teacher_target))
-        return pairs
-
-    def on_fit_start(self) -> None:
-        """Logs `model/params` and `model/latency_ms` of the student (and the teacher's, with their ratios)."""
-        networks = {"student": self.online}
-        if self.teacher is not None:
-            networks["teacher"] = self.teacher
-        latency = scoring_latency_ms(networks, self.num_items, self.history_len, self.latency_candidates, repeats=20)
-        stats = {"model/params": float(num_parameters(self.online)), "model/latency_ms": latency["student"]}
-        if self.teacher is not None:
-            teacher_params = num_parameters(self.teacher)
-            stats.update(
-                {
-                    "model/teacher_params": float(teacher_params),
-                    "model/teacher_latency_ms": latency["teacher"],
-                    "model/param_ratio": stats["model/params"] / teacher_params,
-                    "model/latency_ratio": latency["student"] / latency["teacher"],
-                }
-            )
-        self.model_stats = stats
-        if self.trainer.is_global_zero:
-            for logger in self.loggers:
-                logger.log_metrics(stats, step=self.global_step)
+        co_trained = self.co_train and self.teacher is not None and self.teacher_target is not None
+        return super().target_pairs() + ([(self.teacher, self.teacher_target)] if co_trained else [])
 
     # ------------------------------------------------------------------ checkpoints
-    def _frozen_teacher_keys(self) -> tuple[str, ...]:
-        """State-dict prefixes of a frozen teacher (empty when there is none or it is co-trained)."""
-        return () if self.co_train or self.teacher is None else ("teacher.", "teacher_target.")
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """DQN's state (generators) without a frozen teacher's weights (they stay in teacher_ckpt)."""
         super().on_save_checkpoint(checkpoint)
-        frozen = self._frozen_teacher_keys()
-        if frozen:
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(frozen)}
+        if not self.co_train and self.teacher is not None:
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(FROZEN_TEACHER_KEYS)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """DQN's restore; a frozen teacher read from teacher_ckpt keeps its weights (strict loading sees them)."""
         super().on_load_checkpoint(checkpoint)
-        frozen = self._frozen_teacher_keys()
-        if frozen:
-            own = {k: v for k, v in self.state_dict().items() if k.startswith(frozen)}
+        if not self.co_train and self.teacher is not None:
+            own = {k: v for k, v in self.state_dict().items() if k.startswith(FROZEN_TEACHER_KEYS)}
             checkpoint["state_dict"] = {**checkpoint["state_dict"], **own}
 
     # ------------------------------------------------------------------ learning
-    def _confidence(self, td_error: Tensor) -> Tensor:
-        """Per-state confidence `(B,)`: the callback's formula, else the official batch-max one; 1 when disabled."""
+    def confidence_weights(self, td_error: Tensor) -> Tensor:
+        """Per-state confidence `(S,)` in `[min_confidence, 1]` of the teacher's squared TD errors `(S,)`; 1 when disabled."""
         if not self.use_confidence:
             return torch.ones_like(td_error)
-        if self.confidence_fn is not None:
-            return self.confidence_fn(td_error)
-        return batch_max_confidence(td_error)
+        delta = td_error.detach()
+        if self.confidence_formula == "batch_max":
+            return batch_max_confidence(delta, self.min_confidence)
+        batch_mean = delta.mean()
+        if self._trainer is not None and self.trainer.world_size > 1:  # every rank weights alike
+            batch_mean = self.trainer.strategy.reduce(batch_mean, reduce_op="mean")
+        sigma2 = running_mean_update(self.confidence_sigma2, batch_mean, self.confidence_momentum, int(self.confidence_batches))
+        self.confidence_sigma2.copy_(sigma2)
+        self.confidence_batches.add_(1)
+        return exp_confidence(delta, self.confidence_sigma2, self.min_confidence)
 
     def distillation_terms(self, batch: dict[str, Tensor]) -> dict[str, Any]:
         """The unweighted terms of one batch of windows.
@@ -390,7 +249,7 @@ class DRLRecStudent(DQN):
         logged_item = own.targets[keep]
         q_t_all, hint_t = q_t_now.detach(), states_t[keep].detach()  # distillation never reaches the teacher
         td_error = (1.0 + self.gamma * next_value - q_t_all.gather(1, logged_item[:, None]).squeeze(1)).pow(2)
-        confidence = self._confidence(td_error)
+        confidence = self.confidence_weights(td_error)
         terms["confidence"] = confidence.detach()
         hint_s = own.states[keep]
         with torch.no_grad():  # the student's score of every item, for exploring: its own training columns when they are the catalogue
@@ -399,17 +258,20 @@ class DRLRecStudent(DQN):
             else:
                 q_s_all = self.online.head.score_all(hint_s, self.online.encoder.all_item_vectors())
 
-        # lessons: the logged item with `num_rivals` random items (a training candidate set), plus the explored/filtered items;
+        # lessons: the logged item with `train_negatives` random items (a training candidate set), plus the explored/filtered items;
         # the student scores only its lessons (the gradient never touches a whole catalogue row)
         g = self.explore_rng.generator
-        rivals = torch.randint(1, self.num_items + 1, (logged_item.numel(), max(1, self.num_rivals)), generator=g, device=g.device)
+        rivals = torch.randint(1, self.num_items + 1, (logged_item.numel(), max(1, self.train_negatives)), generator=g, device=g.device)
         logged = torch.cat([logged_item[:, None], rivals.to(logged_item.device)], dim=1)
         vectors_t_all = self.teacher.encoder.all_item_vectors().detach()
         everything = torch.ones_like(logged, dtype=torch.bool)
         vectors_s = self.online.encoder.item_vectors(logged)
         lessons = [(self.online.head(hint_s, vectors_s), q_t_all.gather(1, logged), vectors_s, vectors_t_all[logged], everything)]
         if self.explore_filter:
-            items, mask_items = self._explore_and_filter(logged, q_s_all, q_t_all)
+            assert self._item_popularity is not None
+            with torch.no_grad():
+                items, mask_items = explore_and_filter(logged, q_t_all, q_s_all, self.num_candidates, self._item_popularity,
+                                                       self.explore_rng.generator, self.popularity_fraction, self.top_k)
             vectors_s = self.online.encoder.item_vectors(items)
             lessons.append((self.online.head(hint_s, vectors_s), q_t_all.gather(1, items), vectors_s, vectors_t_all[items], mask_items))
             terms["filtered_size"] = mask_items.sum(1).float().mean()
@@ -436,15 +298,3 @@ class DRLRecStudent(DQN):
         self.log_step("train/loss", loss, prog_bar=True)
         self.log_window_ctr(terms["columns"], self.rng.generator)
         return loss
-
-    @torch.no_grad()
-    def _explore_and_filter(self, logged: Tensor, q_s_all: Tensor, q_t_all: Tensor) -> tuple[Tensor, Tensor]:
-        """Lessons per state: `items (P, 2k)` (teacher top-k then student top-k of the explored candidates) and the de-dup mask.
-
-        Both networks' scores of every item `(P, num_items + 1)` are given; the explored candidates
-        are gathered from them.
-        """
-        assert self._item_popularity is not None
-        candidates = explore_candidates(logged, self.num_candidates, self._item_popularity, self.explore_rng.generator, self.popularity_fraction)
-        columns, mask = filter_topk_union(candidates, q_t_all.gather(1, candidates), q_s_all.gather(1, candidates), self.top_k)
-        return candidates.gather(1, columns), mask

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from lit_rec.distributed import all_gather_rows
 from lit_rec.functional.linucb import linucb_features, sherman_morrison_update, ucb_scores
-from lit_rec.modules.base import StatisticsModule
+from lit_rec.modules.statistics import StatisticsModule
 from lit_rec.sampling import SeededGenerator, training_candidates
 
 
@@ -44,7 +44,6 @@ class LinUCB(StatisticsModule):
         alpha: float = 0.5,
         ridge: float = 1.0,
         rank: int = 16,
-        train_negatives: int = 10,
         context_len: int = 10,
         seed: int = 0,
         **kwargs: Any,
@@ -53,7 +52,6 @@ class LinUCB(StatisticsModule):
         alpha: width of the exploration bonus during training.
         ridge: ridge regulariser lambda (A starts at lambda * I).
         rank: dimension of the SVD item factors.
-        train_negatives: random items beside the logged one at each training decision.
         context_len: most recent items of the history whose mean factor is the state (at most history_len);
             the whole 50-item history of the MovieLens configs diluted it (BENCHMARKS.md, Learning).
         seed: seed of the SVD and of the training-time candidate sampler.
@@ -64,7 +62,6 @@ class LinUCB(StatisticsModule):
         self.context_len = context_len
         self.alpha = alpha
         self.rank = rank
-        self.train_negatives = train_negatives
         self.seed = seed
         self.rng = SeededGenerator(seed)
         dim = 2 * rank + 2

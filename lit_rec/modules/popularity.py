@@ -8,20 +8,18 @@ import torch
 from torch import Tensor
 
 from lit_rec.distributed import all_gather_rows
-from lit_rec.modules.base import StatisticsModule
+from lit_rec.modules.statistics import StatisticsModule
 from lit_rec.sampling import SeededGenerator, training_candidates
 
 
 class Popularity(StatisticsModule):
     """Counts train clicks per item while iterating the train split, and scores items by count."""
 
-    def __init__(self, train_negatives: int = 10, seed: int = 0, **kwargs: Any) -> None:
+    def __init__(self, seed: int = 0, **kwargs: Any) -> None:
         """Args:
-        train_negatives: random items beside the logged one when measuring `train/ctr`.
         seed: seed of the training-time candidate sampler.
         """
         super().__init__(**kwargs)
-        self.train_negatives = train_negatives
         self.rng = SeededGenerator(seed)
         self.register_buffer("counts", torch.zeros(self.num_items + 1, dtype=torch.long))
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from lit_rec.functional.next_item import TrainingSoftmax, cross_entropy, window_targets
 from lit_rec.modules.base import RecModule
-from lit_rec.networks import QHead, QNetwork, SeqEncoder
+from lit_rec.networks import EncoderConfig, QHead, QNetwork
 from lit_rec.sampling import SeededGenerator
 
 
@@ -22,11 +22,7 @@ class SeqRec(RecModule):
 
     def __init__(
         self,
-        dim: int = 64,
-        num_layers: int = 2,
-        num_heads: int = 2,
-        dropout: float = 0.2,
-        item_init_std: float = 0.02,
+        encoder: EncoderConfig = EncoderConfig(),
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         softmax: Literal["full", "sampled"] = "full",
@@ -35,11 +31,7 @@ class SeqRec(RecModule):
         **kwargs: Any,
     ) -> None:
         """Args:
-        dim: width of the encoder (embeddings, Transformer, state).
-        num_layers: causal Transformer blocks.
-        num_heads: attention heads per block.
-        dropout: dropout rate during training.
-        item_init_std: standard deviation of the item embeddings at initialisation.
+        encoder: the SASRec encoder's shape (`lit_rec.networks.EncoderConfig`).
         lr: Adam learning rate.
         weight_decay: Adam L2 penalty.
         softmax: `full` (every item, one matrix product) or `sampled` (logQ-corrected, for huge catalogues).
@@ -48,14 +40,14 @@ class SeqRec(RecModule):
         """
         super().__init__(**kwargs)
         self.save_hyperparameters()
+        encoder = EncoderConfig.of(encoder)
         self.lr = lr
         self.weight_decay = weight_decay
         self.training_softmax = TrainingSoftmax(softmax, sampled_negatives)
         self.rng = SeededGenerator(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            encoder = SeqEncoder(self.num_items, dim, self.history_len, num_layers, num_heads, dropout, item_init_std)
-            self.network = QNetwork(encoder, QHead(dim))
+            self.network = QNetwork(encoder.build(self.num_items, self.history_len), QHead(encoder.dim))
 
     def setup(self, stage: str) -> None:
         """Fits the sampled softmax's distribution to the train items."""

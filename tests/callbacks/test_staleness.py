@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from callbacks.staleness import StalenessCallback
+from lit_rec.federated import FederatedStats
 
 
 class _Module:
     """Stands in for a LightningModule: exposes `federated_stats` and records `log` calls."""
 
-    def __init__(self, stats: dict | None) -> None:
+    def __init__(self, stats: FederatedStats | None) -> None:
         self.federated_stats = stats
         self.logged: dict[str, float] = {}
 
@@ -21,10 +22,10 @@ class _Module:
         self.logged[name] = value
 
 
-def _stats(staleness: list[int], dropped: int, reporting: int) -> dict:
+def _stats(staleness: list[int], dropped: int, reporting: int) -> FederatedStats:
     s = torch.tensor(staleness)
-    return {"staleness": s, "weights": (1.0 + s.float()).pow(-0.5), "reporting": reporting, "dropped": dropped,
-            "updates": len(staleness), "lr_scale": 1.0}
+    return FederatedStats(staleness=s, weights=(1.0 + s.float()).pow(-0.5), reporting=reporting, dropped=dropped,
+                          updates=len(staleness), lr_scale=1.0)
 
 
 def _trainer(step: int, loggers: list | None = None) -> SimpleNamespace:

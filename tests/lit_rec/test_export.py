@@ -27,7 +27,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "fit", "--config", str(ROOT / "configs" / "seqrec.yaml"), "--trainer.logger=false",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.max_epochs=1",
             "--data.synthetic_users=60", "--data.synthetic_items=50", "--data.synthetic_events_per_user=12",
-            "--data.eval_ks=[1,5,10]", f"--data.cache_dir={folder / 'cache'}", "--model.init_args.dim=16",
+            "--data.eval_ks=[1,5,10]", f"--data.cache_dir={folder / 'cache'}", "--model.init_args.encoder.dim=16",
         ])
     finally:
         os.chdir(cwd)

@@ -10,6 +10,7 @@ from lit_rec.networks import (
     ActorHead,
     CausalBlock,
     CriticHead,
+    EncoderConfig,
     QHead,
     QNetwork,
     SeqEncoder,
@@ -175,3 +176,14 @@ def test_torchscript_matches_eager() -> None:
         scripted = torch.jit.script(net)
         assert torch.allclose(scripted.score(HISTORY, CANDIDATES), net.score(HISTORY, CANDIDATES), atol=1e-6)
         assert torch.allclose(scripted.score_all(HISTORY[:, 2:]), net.score_all(HISTORY[:, 2:]), atol=1e-6)
+
+
+def test_encoder_config_builds_the_shape_it_names_and_refuses_a_bad_one() -> None:
+    config = EncoderConfig(dim=16, num_layers=1, num_heads=4, dropout=0.0)
+    encoder = config.build(num_items=30, history_len=7)
+    assert (encoder.dim, encoder.history_len, len(encoder.blocks)) == (16, 7, 1)
+    # a checkpoint written through the CLI holds the fields as a mapping
+    assert EncoderConfig.of({"dim": 16, "num_layers": 1, "num_heads": 4, "dropout": 0.0}) == config
+    assert EncoderConfig.of(config) is config
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        EncoderConfig(dim=10, num_heads=3)

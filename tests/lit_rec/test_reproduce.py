@@ -16,6 +16,7 @@ from torch import Tensor
 from lit_rec import reproduce
 from lit_rec.modules.popularity import Popularity
 from lit_rec.reproduce import KS, METHODS, Method, RunResult
+from lit_rec.reproduce import methods as registry
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_DATA = ["--data.synthetic_users=60", "--data.synthetic_items=150", "--data.synthetic_events_per_user=10"]
@@ -141,9 +142,9 @@ def test_method_selection_adds_the_teacher_and_rejects_unknown_names() -> None:
 
 
 def test_every_registered_method_has_a_config_and_every_budget() -> None:
-    root = Path(reproduce.__file__).resolve().parents[1]
+    assert registry.ROOT == ROOT
     for method in METHODS:
-        assert (root / method.config).is_file(), method.config
+        assert (ROOT / method.config).is_file(), method.config
         assert set(method.budgets) == set(reproduce.BUDGETS), method.name
     assert len({m.slug for m in METHODS}) == len(METHODS)
 
@@ -213,7 +214,7 @@ def test_runs_stop_early_and_are_tested_with_their_best_checkpoint(tmp_path: Pat
         Method("Scripted", scripted_config(tmp_path, "scripted", [0.0, 1.0, -1.0]), role="teacher"),
         Method("Student", scripted_config(tmp_path, "student", [1.0]), role="student", requires="Scripted"),
     ]
-    monkeypatch.setattr(reproduce, "METHODS", methods)
+    monkeypatch.setattr(registry, "METHODS", methods)  # the registry `select_methods` reads
     out = tmp_path / "out"
     code = reproduce.main(["--out", str(out), "--budget", "quick", "--wandb", "none", *TINY_DATA,
                            f"--data.cache_dir={tmp_path / 'cache'}"])
@@ -238,3 +239,42 @@ def test_runs_stop_early_and_are_tested_with_their_best_checkpoint(tmp_path: Pat
     markdown = (out / "table1.md").read_text()
     assert TABLE_HEADER in markdown
     assert f"| Scripted | {' | '.join(['%.3f' % table['Scripted'][f'ctr@{k}'] for k in KS])}" in markdown.replace("**", "")
+
+
+def test_own_options_are_parsed_and_every_other_argument_passes_to_the_runs() -> None:
+    from lit_rec.reproduce.cli import build_parser, split_argv
+
+    parser = build_parser()
+    data = str(ROOT / "configs" / "data" / "ml100k.yaml")
+    own, passthrough = split_argv(parser, [
+        "--data", data, "--data.path", "../x", "--out=o", "--trainer", "t.yaml", "--seeds", "2", "--data.format=csv",
+        "--methods", "dqn", "--trainer.max_epochs=3", "--wandb=none"])
+    assert own == ["--data", data, "--out=o", "--seeds", "2", "--methods", "dqn", "--wandb=none"]
+    assert passthrough == ["--data.path", "../x", "--trainer", "t.yaml", "--data.format=csv", "--trainer.max_epochs=3"]
+    options = parser.parse_args(own)
+    assert (Path(options.data), options.out, options.seeds, options.methods, options.wandb) == (Path(data), "o", 2, "dqn", "none")
+    assert (options.budget, options.project, options.group) == ("quick", "lit_rec", "")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--budget", "big"], "error: --budget: Expected a typing.Literal['smoke', 'quick', 'full']. Got value: big"),
+    (["--seeds", "0"], "error: --seeds: Not of type PositiveInt"),
+    (["--data", "no/such.yaml"], "error: --data: Not of type Path_fr: File does not exist"),
+    (["--methods", "nope,dqn"], "error: unknown method(s) nope; known: Popularity, LinUCB"),
+    (["--wandb", "loud"], "error: --wandb: Expected"),
+])
+def test_a_bad_option_is_one_line_and_exit_code_2(args: list[str], message: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    assert reproduce.main(["--out", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+    assert reproduce.main([]) == 2 and capsys.readouterr().err == "error: the following arguments are required: out\n"
+
+
+def test_a_bad_run_argument_stops_the_reproduction_with_the_cli_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    assert reproduce.main(["--out", str(out), "--methods", "popularity", "--wandb", "none", "--data.no_such_key=1"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == f"error: bad arguments (code 2); see {out}/logs"
+    assert err[-2].startswith("[reproduce] Popularity seed 0: ") and "no_such_key" in err[-2], err

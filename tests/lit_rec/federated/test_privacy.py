@@ -8,6 +8,7 @@ pytest.importorskip("opacus", reason="differential privacy needs the optional ex
 from opacus.accountants import RDPAccountant  # noqa: E402
 
 from lit_rec.federated import GaussianMechanism, PoissonArrivals, Server, make_arrivals  # noqa: E402
+from lit_rec.federated.gradients import write_flat_gradient  # noqa: E402
 
 
 def test_noise_has_the_calibrated_scale_and_the_mean_a_fixed_denominator():
@@ -47,15 +48,18 @@ def test_a_private_server_steps_every_round_with_noise_even_for_an_empty_cohort(
     params = [torch.nn.Parameter(torch.zeros(3))]
     scales = []
 
-    def apply_step(lr_scale: float) -> None:
-        scales.append(lr_scale)
+    def apply_step() -> None:
+        step = server.step()
+        scales.append(step.lr_scale)
+        write_flat_gradient(params, step.gradient)
         with torch.no_grad():
             params[0] -= params[0].grad
+        server.publish()
 
     mechanism = GaussianMechanism(1.0, 1.0, 0.5, 2.0, seed=0)
-    server = Server(params, apply_step, max_staleness=2, privacy=mechanism)
+    server = Server(params, max_staleness=2, privacy=mechanism)
     server.start()
-    server.step()  # nobody reported: still a noisy step and a new version
+    apply_step()  # nobody reported: still a noisy step and a new version
     assert server.version == 1 and scales == [1.0] and params[0].abs().sum() > 0
     assert mechanism.accountant.history[-1][-1] == 1
     replay = GaussianMechanism(1.0, 1.0, 0.5, 2.0, seed=0)
@@ -63,7 +67,7 @@ def test_a_private_server_steps_every_round_with_noise_even_for_an_empty_cohort(
     server.receive(torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([1]))
     replay.privatise(torch.zeros(3))  # bring the copy to the same noise draw
     expected = replay.privatise(torch.tensor([2.0, 0.0, 0.0]))  # fixed denominator 2, not the count 1
-    server.step()
+    apply_step()
     assert torch.allclose(before - params[0].detach(), expected)
     assert "privacy" in server.state_dict()
 

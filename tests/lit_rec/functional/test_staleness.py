@@ -59,3 +59,17 @@ def test_stale_policies_drop_clamp_or_refresh_versions_that_left_the_buffer():
 def test_early_versions_are_all_stored():
     version, keep = resolve_stale_versions(torch.tensor([0, 1]), 2, 4, "drop")
     assert version.tolist() == [0, 1] and keep.all()
+
+
+def test_staleness_weighted_mean_and_lr_scale_on_hand_numbers():
+    from lit_rec.functional.staleness import staleness_weighted_mean, staleness_weighted_sums
+
+    rows = torch.tensor([[1.0, 2.0], [4.0, 0.0], [0.0, -2.0]])
+    weights = torch.tensor([1.0, 0.5, 0.25])
+    shares = torch.tensor([2.0, 4.0, 4.0])  # events each update averages
+    weighted_sum, weight_total, share_total = staleness_weighted_sums(rows, weights, shares)
+    # s n = (2, 2, 1): Σ s n g = 2 (1, 2) + 2 (4, 0) + 1 (0, -2) = (10, 2)
+    assert torch.equal(weighted_sum, torch.tensor([10.0, 2.0]))
+    assert float(weight_total) == 5.0 and float(share_total) == 10.0
+    mean, lr_scale = staleness_weighted_mean(weighted_sum, float(weight_total), float(share_total))
+    assert torch.equal(mean, torch.tensor([2.0, 0.4])) and lr_scale == 0.5

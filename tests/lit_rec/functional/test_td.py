@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lit_rec.functional.td import double_dqn_target, dqn_target, epsilon_at, next_state_values, replay_td_loss, td_loss
+from lit_rec.functional.td import double_dqn_target, dqn_target, epsilon_at, next_state_values, replay_td_loss, td_loss, update_target
 
 
 def test_dqn_target_bootstraps_from_the_target_max_and_stops_at_done():
@@ -120,3 +120,30 @@ def test_replay_td_loss_estimates_the_other_actions_on_sampled_columns():
     exact = replay_td_loss(q, logged, everything, next_value, 0.5, "mse")
     assert exact.item() == pytest.approx(1.21 + (0.64 + 16.0 + 36.0) / 3)
     assert replay_td_loss(q, logged, everything, next_value, 0.5, "mse", others=torch.tensor([0, 2, 3])).item() == pytest.approx(exact.item())
+
+
+def _online_and_target() -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A linear layer and a BatchNorm (float and integer buffers): online filled with 0 (7 batches tracked), target with 4."""
+    online = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    target = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)).requires_grad_(False)
+    with torch.no_grad():
+        for p in online.parameters():
+            p.fill_(0.0)
+        online[1].num_batches_tracked.fill_(7)
+        for p in target.parameters():
+            p.fill_(4.0)
+    return online, target
+
+
+def test_update_target_blends_floats_and_copies_integer_buffers():
+    online, target = _online_and_target()
+    update_target(online, target, 0.25)
+    assert target[0].weight.flatten().tolist() == [3.0] * 4  # 0.75 * 4 + 0.25 * 0
+    assert int(target[1].num_batches_tracked) == 7
+
+
+def test_update_target_with_tau_one_is_a_copy():
+    online, target = _online_and_target()
+    update_target(online, target, 1.0)
+    flat = [torch.cat([t.detach().flatten().float() for t in [*m.parameters(), *m.buffers()]]) for m in (online, target)]
+    assert torch.equal(*flat)

@@ -1,4 +1,4 @@
-"""DADRL / A2C-F / A2C-D: a fresh cohort reproduces synchronous A2C, privacy of the user vectors, fits, resume, DDP."""
+"""DADRL / A2C-F / A2C-D (`lit_rec.modules.{dadrl,a2c}`, on `actor_critic.ActorCriticBase`): a fresh cohort reproduces synchronous A2C, privacy of the user vectors, fits, resume, DDP."""
 
 from __future__ import annotations
 
@@ -13,18 +13,22 @@ import torch.nn.functional as F
 import yaml
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from lit_rec.networks import EncoderConfig
 from lit_rec.cli import make_cli
-from lit_rec.federated import Server
+from lit_rec.federated import FederatedStats, Server, ServerStep
+from lit_rec.federated.gradients import client_rows, client_shares, per_client_gradients, send_per_version, write_flat_gradient
 from lit_rec.functional.a2c import window_a2c_loss
 from lit_rec.functional.next_item import full_catalogue
-from lit_rec.modules.actor_critic import ActorCriticRec
+from lit_rec.modules.a2c import A2CD, A2CF
+from lit_rec.modules.dadrl import DADRL
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY_DATA = [
     "--data.synthetic_users=60", "--data.synthetic_items=60", "--data.synthetic_events_per_user=12", "--data.batch_size=16",
     "--data.history_len=5", "--data.eval_ks=[1,10,20]",
 ]
-TINY_MODEL = ["--model.init_args.dim=16", "--model.init_args.max_staleness=6"]
+TINY_MODEL = ["--model.init_args.encoder.dim=16"]
+TINY_SERVER = {"dadrl": ["--model.init_args.max_staleness=6"]}  # the synchronous methods keep the latest version only
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +57,7 @@ def fit(tmp_path: Path, *extra: str, name: str = "dadrl", every_n_train_steps: i
     args = [
         "--config", str(_config(tmp_path, name, every_n_train_steps)), "--trainer.logger=false",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-        f"--data.cache_dir={tmp_path / 'cache'}", f"--trainer.default_root_dir={tmp_path}", *TINY_DATA, *TINY_MODEL, *extra,
+        f"--data.cache_dir={tmp_path / 'cache'}", f"--trainer.default_root_dir={tmp_path}", *TINY_DATA, *TINY_MODEL, *TINY_SERVER.get(name, []), *extra,
     ]
     return make_cli(["fit", *args] if run else args, run=run)
 
@@ -76,9 +80,21 @@ def _windows(n: int = 6, length: int = 5, num_items: int = 30) -> dict[str, torc
     }
 
 
-def _module(**overrides) -> ActorCriticRec:
-    args = dict(num_items=30, num_users=6, history_len=5, dim=16, dropout=0.0)
-    return ActorCriticRec(**{**args, **overrides})
+def _module(**overrides) -> DADRL:
+    args = dict(num_items=30, num_users=6, history_len=5, encoder=EncoderConfig(dim=16, dropout=0.0))
+    return DADRL(**{**args, **overrides})
+
+
+def _apply(server: Server, parameters: list, optimizer: torch.optim.Optimizer | None = None) -> tuple[ServerStep, list]:
+    """The module's side of a server step: the step's gradient into `.grad`, an optimiser step (if given), publish."""
+    step = server.step()
+    write_flat_gradient(parameters, step.gradient)
+    grads = [p.grad.clone() for p in parameters]
+    if optimizer is not None:
+        optimizer.step()
+    if step.gradient is not None:
+        server.publish()
+    return step, grads
 
 
 @pytest.mark.parametrize("aggregation", ["events", "clients"])
@@ -103,11 +119,11 @@ def test_a_fresh_cohort_with_constant_weights_reproduces_a_synchronous_a2c_updat
 
         # DADRL's path: per-client gradients on the stored version, staleness 0, through the server
         optimizer = torch.optim.SGD(module.policy.parameters(), lr=0.5)
-        server = Server(list(module.policy.parameters()), lambda scale: optimizer.step(), max_staleness=3, weighting="constant")
+        server = Server(list(module.policy.parameters()), max_staleness=3, weighting="constant")
         server.start()
-        grads, _, aux = module._per_client_gradients(server.parameters_at(0), None, data)
-        server.receive(grads, torch.zeros(6, dtype=torch.long), shares=module._shares(aux["count"]))
-        assert server.step().lr_scale == 1.0
+        grads, _, aux = per_client_gradients(module.window_loss, server.parameters_at(0), None, data, module.vmap_randomness)
+        server.receive(grads, torch.zeros(6, dtype=torch.long), shares=client_shares(aux["count"], aggregation))
+        assert _apply(server, list(module.policy.parameters()), optimizer)[0].lr_scale == 1.0
     for (name, p), q in zip(module.policy.named_parameters(), reference.parameters()):
         assert torch.allclose(p.grad, q.grad, rtol=1e-9, atol=1e-12), name
         assert torch.allclose(p, q, rtol=1e-9, atol=1e-12), name
@@ -124,11 +140,11 @@ def test_clients_on_different_stale_versions_get_the_gradients_of_their_own_copi
     owner = torch.tensor([0, 1, 1, 0, 1, 0])
     private = torch.randn(6, 16, dtype=torch.float64)
     with sdpa_kernel(SDPBackend.MATH):
-        together, private_together, _ = module._per_client_gradients(versions[owner], private, data)
+        together, private_together, _ = per_client_gradients(module.window_loss, versions[owner], private, data, module.vmap_randomness)
         for v in (0, 1):
             rows = torch.nonzero(owner == v).squeeze(1)
             part = {k: t if k == "negatives" else t[rows] for k, t in data.items()}
-            apart, private_apart, _ = module._per_client_gradients(versions[v], private[rows], part)
+            apart, private_apart, _ = per_client_gradients(module.window_loss, versions[v], private[rows], part, module.vmap_randomness)
             assert torch.allclose(together[rows], apart, rtol=1e-9, atol=1e-12)
             assert torch.allclose(private_together[rows], private_apart, rtol=1e-9, atol=1e-12)
     assert not torch.allclose(together[owner == 0][0], together[owner == 1][0])
@@ -143,27 +159,26 @@ def test_without_clipping_one_pass_per_stale_version_gives_the_server_step_of_pe
     version = torch.tensor([2, 1, 1, 2, 0, 2])
     private = torch.randn(6, 16, dtype=torch.float64)
 
-    def server_after_three_steps() -> tuple[Server, list]:
-        applied = []
-        server = Server(list(module.policy.parameters()), lambda scale: applied.append((scale, [p.grad.clone() for p in module.policy.parameters()])),
-                        max_staleness=3, weighting="polynomial")
+    def server_after_three_steps() -> Server:
+        server = Server(list(module.policy.parameters()), max_staleness=3, weighting="polynomial")
         flat = server.flat_parameters()
         for shift in (0.0, 0.01, 0.02):  # versions 0, 1, 2: distinct copies
             server.buffer.push(flat + shift * torch.randn(flat.shape, generator=torch.Generator().manual_seed(int(shift * 100)), dtype=flat.dtype))
-        return server, applied
+        return server
 
-    cohort, mine = torch.arange(6), torch.arange(6)
+    mine = torch.arange(6)
+    parameters = list(module.policy.parameters())
     with sdpa_kernel(SDPBackend.MATH):
-        module.server, grouped_steps = server_after_three_steps()
-        module.clients = type("FakeClients", (), {"private": private})()
-        groups = module._per_version_gradients(cohort, version, mine, data)
-        module.server.step()
-        per_client, per_client_steps = server_after_three_steps()
-        grads, private_grads, aux = module._per_client_gradients(per_client.parameters_at(version), private, {k: v if k == "negatives" else v[:, 0] for k, v in data.items()})
-        per_client.receive(grads, version, shares=module._shares(aux["count"]))
-        per_client.step()
+        grouped = server_after_three_steps()
+        windows = client_rows(data, slice(None), 0)
+        groups = send_per_version(grouped, module.window_loss, version, mine, windows, private, aggregation)
+        step_a, grads_a = _apply(grouped, parameters)
+        per_client = server_after_three_steps()
+        grads, private_grads, aux = per_client_gradients(module.window_loss, per_client.parameters_at(version), private, windows, module.vmap_randomness)
+        per_client.receive(grads, version, shares=client_shares(aux["count"], aggregation))
+        step_b, grads_b = _apply(per_client, parameters)
     assert len(groups) == 3  # one backward pass per distinct version
-    (scale_a, grads_a), (scale_b, grads_b) = grouped_steps[0], per_client_steps[0]
+    scale_a, scale_b = step_a.lr_scale, step_b.lr_scale
     assert scale_a == pytest.approx(scale_b, rel=1e-12) and scale_a < 1.0  # staleness weights reach the step size
     for a, b in zip(grads_a, grads_b):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
@@ -178,8 +193,8 @@ def test_differential_privacy_needs_a_clip_norm_and_one_vote_per_client():
         _module(clip_norm=5.0, dp_noise_multiplier=1.0, arrival="poisson", aggregation="events")
 
 
-class OnData(ActorCriticRec):
-    """An ActorCriticRec that reads the given data's tensors without a trainer."""
+class OnData(DADRL):
+    """A DADRL module that reads the given data's tensors without a trainer."""
 
     def __init__(self, dm, **kwargs) -> None:
         super().__init__(num_items=dm.num_items, num_users=dm.num_users, history_len=dm.history_len, **kwargs)
@@ -195,13 +210,13 @@ def test_each_client_replays_one_window_of_its_next_t_max_events(tmp_path):
 
     dm = RecDataModule(synthetic_users=20, synthetic_items=60, synthetic_events_per_user=12, history_len=5, eval_ks=[1, 5],
                        cache_dir=str(tmp_path / "cache"))
-    module = OnData(dm, t_max=3, cohort_size=4, dim=16)
+    module = OnData(dm, t_max=3, cohort_size=4, encoder=EncoderConfig(dim=16))
     module._build_federation()
     train, clients = dm.tensors.train, module.clients
     cohort = torch.tensor([0, 1, 2, 3])
     lengths = clients.lengths[cohort]
     clients.cursor[cohort] = torch.stack([torch.tensor(0), torch.tensor(1), lengths[2] - 2, lengths[3] - 3])
-    data = module._local_step(module._rollout_data(cohort), 0)
+    data = client_rows(module.rollout(cohort), slice(None), 0)
     assert data["history"].shape == data["targets"].shape == data["mask"].shape == (4, 5)
     for row, client in enumerate(cohort.tolist()):
         start = int(clients.offsets[client] + clients.cursor[client])
@@ -267,10 +282,11 @@ def test_other_configurations_fit(tmp_path, name, extra):
     cli = fit(tmp_path, "--trainer.max_steps=6", "--trainer.limit_val_batches=1", *extra, name=name)
     model = cli.model
     assert cli.trainer.global_step == 6
-    assert model.mode == name.split("-")[0]
+    assert type(model) is {"a2c_f": A2CF, "a2c_d": A2CD, "dadrl": DADRL}[name.split("-")[0]]
+    assert isinstance(model.federated_stats, FederatedStats)
     if name != "dadrl":
         assert model.clients.private is None
-        assert float(model.federated_stats["staleness"].max()) == 0
+        assert float(model.federated_stats.staleness.max()) == 0
     else:
         assert cli.trainer.callback_metrics["staleness/dropped_frac"] > 0
 

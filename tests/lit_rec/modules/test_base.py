@@ -47,14 +47,11 @@ def test_window_events_are_every_train_event_once_per_epoch_with_its_full_histor
     assert torch.equal(seen, torch.ones_like(seen))
 
 
-def test_a_model_whose_history_len_differs_from_the_data_is_refused(tmp_path: Path) -> None:
-    dm = data(tmp_path, history_len=3)
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing=False, default_root_dir=tmp_path)
-    with pytest.raises(ValueError, match="history_len=5 but the data's is 3"):
-        trainer.fit(Popularity(num_items=dm.num_items, num_users=dm.num_users, history_len=5), datamodule=dm)
+def test_history_len_and_train_negatives_are_checked() -> None:
     with pytest.raises(ValueError, match="history_len must be >= 1"):
         Popularity(num_items=10, num_users=3, history_len=0)
+    with pytest.raises(ValueError, match="train_negatives must be >= 0"):
+        Popularity(num_items=10, num_users=3, train_negatives=-1)
 
 
 @pytest.mark.parametrize("epochs", [1, 2])

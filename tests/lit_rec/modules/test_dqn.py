@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lit_rec.networks import EncoderConfig
 from lit_rec.cli import make_cli
 from lit_rec.functional.next_item import cross_entropy, window_targets
 from lit_rec.functional.td import replay_td_loss
@@ -15,7 +16,7 @@ from lit_rec.modules.dqn import DQN
 
 ROOT = Path(__file__).resolve().parents[3]
 # small and fast: a 32-wide encoder
-FAST = ["--model.init_args.dim=32", "--model.init_args.lr=0.003"]
+FAST = ["--model.init_args.encoder.dim=32", "--model.init_args.lr=0.003"]
 NUM_ITEMS, HISTORY_LEN = 20, 5
 
 
@@ -30,12 +31,15 @@ def one_thread():
     torch.use_deterministic_algorithms(deterministic)
 
 
-def callbacks(target_every: int = 100, checkpoint: dict | None = None) -> str:
-    """`--trainer.callbacks=` with a (hard) TargetNetworkUpdate and, when given, a ModelCheckpoint."""
-    chosen = [{"class_path": "callbacks.target_update.TargetNetworkUpdate", "init_args": {"every_n_steps": target_every}}]
-    if checkpoint is not None:
-        chosen.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": checkpoint})
+def callbacks(checkpoint: dict | None = None) -> str:
+    """`--trainer.callbacks=` with no callback or, when given, only a ModelCheckpoint (the module syncs its own targets)."""
+    chosen = [] if checkpoint is None else [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": checkpoint}]
     return "--trainer.callbacks=" + json.dumps(chosen)
+
+
+def hard_target_every(n: int) -> list[str]:
+    """Model arguments: copy the online network into the target every `n` optimizer steps."""
+    return ["--model.init_args.target_update=hard", f"--model.init_args.target_every_n_steps={n}"]
 
 
 def fit(config: str, tmp_path: Path, *args: str) -> DQN:
@@ -66,7 +70,7 @@ def windows(b: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def module(**overrides) -> DQN:
-    args = dict(num_items=NUM_ITEMS, num_users=6, history_len=HISTORY_LEN, dim=16, dropout=0.0, seed=0)
+    args = dict(num_items=NUM_ITEMS, num_users=6, history_len=HISTORY_LEN, encoder=EncoderConfig(dim=16, dropout=0.0), seed=0)
     return DQN(**{**args, **overrides})
 
 
@@ -145,7 +149,8 @@ def test_sampled_softmax_scores_the_logged_item_and_a_shared_sample() -> None:
 @pytest.mark.slow
 def test_dqn_beats_popularity_on_synthetic_data(tmp_path: Path) -> None:
     # batches of 64 windows: 26 steps an epoch
-    model = fit("dqn", tmp_path, "--trainer.max_epochs=4", "--data.batch_size=64", callbacks(checkpoint={"dirpath": str(tmp_path / "ckpt"), "save_last": True}))
+    model = fit("dqn", tmp_path, "--trainer.max_epochs=4", "--data.batch_size=64", callbacks(checkpoint={"dirpath": str(tmp_path / "ckpt"), "save_last": True}),
+                *hard_target_every(100))
     metrics = model.last_metrics
     assert metrics["val/ctr@10"] > metrics["val/pop_ctr@10"] + 0.01, metrics
     assert metrics["val/ctr@100"] > metrics["val/pop_ctr@100"], metrics
@@ -156,14 +161,15 @@ def test_dqn_beats_popularity_on_synthetic_data(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("softmax", ["full", "sampled"])
-def test_ddqn_fits_and_its_target_network_follows_the_callback(tmp_path: Path, softmax: str) -> None:
+def test_ddqn_fits_and_its_target_network_follows_with_no_callback_attached(tmp_path: Path, softmax: str) -> None:
     model = fit(
         "ddqn", tmp_path, "--trainer.max_steps=4", "--trainer.limit_val_batches=1", "--trainer.enable_checkpointing=false",
-        callbacks(target_every=3), f"--model.init_args.softmax={softmax}", "--model.init_args.sampled_negatives=50",
+        callbacks(), *hard_target_every(3), f"--model.init_args.softmax={softmax}", "--model.init_args.sampled_negatives=50",
     )
+    assert not any(type(c).__module__.startswith("callbacks") for c in model.trainer.callbacks)
     assert model.double and model.trainer.global_step == 4
     assert torch.isfinite(model.trainer.callback_metrics["train/loss"])
-    initial = DQN(num_items=model.num_items, num_users=model.num_users, history_len=model.history_len, dim=32, seed=0).online.state_dict()
+    initial = DQN(num_items=model.num_items, num_users=model.num_users, history_len=model.history_len, encoder=EncoderConfig(dim=32), seed=0).online.state_dict()
     online, target = model.online.state_dict(), model.target.state_dict()
     # the target network was copied at step 3 and then kept: it differs from both the start and the online one
     assert not all(torch.equal(v, initial[k]) for k, v in target.items())
@@ -180,15 +186,15 @@ def _parameters(model: DQN) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("config", ["dqn", "ddqn"])
 def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path: Path, config: str) -> None:
     # batches of 64 windows: 26 steps an epoch, 2 epochs; checkpoints every 10 steps; the target network is copied
-    # every 7 steps. Deterministic: with several CPU threads some kernels (embedding backward) add in a varying
+    # every 5 steps, so also at a checkpoint's step (the checkpoint holds the copied target). Deterministic: with several CPU threads some kernels (embedding backward) add in a varying
     # order, so even two uninterrupted runs would differ in the last bits.
-    common = ["--trainer.max_epochs=2", "--trainer.deterministic=true", "--data.batch_size=64", "--model.init_args.dropout=0.1"]
+    common = ["--trainer.max_epochs=2", "--trainer.deterministic=true", "--data.batch_size=64", "--model.init_args.encoder.dropout=0.1"]
     every_10 = {"every_n_train_steps": 10, "save_top_k": -1, "filename": "{step}"}
-    whole = fit(config, tmp_path / "whole", *common, callbacks(7, {**every_10, "dirpath": str(tmp_path / "whole_ckpt")}))
+    whole = fit(config, tmp_path / "whole", *common, callbacks({**every_10, "dirpath": str(tmp_path / "whole_ckpt")}), *hard_target_every(5))
     checkpoint = tmp_path / "whole_ckpt" / "step=10.ckpt"
     assert checkpoint.exists()
     resumed = fit(
-        config, tmp_path / "resumed", *common, callbacks(7, {**every_10, "dirpath": str(tmp_path / "resumed_ckpt")}),
+        config, tmp_path / "resumed", *common, callbacks({**every_10, "dirpath": str(tmp_path / "resumed_ckpt")}), *hard_target_every(5),
         f"--ckpt_path={checkpoint}",
     )
     assert resumed.trainer.global_step == whole.trainer.global_step == 2 * 26

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -9,9 +10,12 @@ import pytest
 import torch
 import yaml
 
+from callbacks.model_stats import ModelStatsLogger
+from lit_rec.networks import EncoderConfig
 from lit_rec.cli import make_cli
 from lit_rec.modules.dqn import DQN
-from lit_rec.modules.drlrec import DRLRecStudent, num_parameters
+from lit_rec.modules.drlrec import DRLRecStudent
+from lit_rec.serving import num_parameters
 from lit_rec.sampling import SeededGenerator
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -35,7 +39,7 @@ def one_torch_thread():
 @pytest.fixture
 def teacher_ckpt(tmp_path: Path) -> Path:
     """A (random) wide DQN teacher saved like a Lightning checkpoint."""
-    teacher = DQN(num_items=NUM_ITEMS, num_users=5, history_len=HISTORY_LEN, double=True, dim=16, seed=7)
+    teacher = DQN(num_items=NUM_ITEMS, num_users=5, history_len=HISTORY_LEN, double=True, encoder=EncoderConfig(dim=16), seed=7)
     path = tmp_path / "teacher.ckpt"
     torch.save({"hyper_parameters": dict(teacher.hparams), "state_dict": teacher.state_dict()}, path)
     return path
@@ -52,7 +56,7 @@ def window_batch(b: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
 def student(teacher_ckpt: Path | None, **overrides) -> DRLRecStudent:
     """A tiny student (width 8 against the teacher's 16), ready for `distillation_terms` outside a trainer."""
     args = dict(teacher_ckpt=str(teacher_ckpt) if teacher_ckpt else None, num_items=NUM_ITEMS, num_users=5, history_len=HISTORY_LEN,
-                dim=8, num_candidates=20, top_k=3, seed=0, teacher_dim=16, dropout=0.0)  # no dropout: terms repeat exactly
+                encoder=EncoderConfig(dim=8, dropout=0.0), num_candidates=20, top_k=3, seed=0, teacher_encoder=EncoderConfig(dim=16))  # no dropout: terms repeat exactly
     module = DRLRecStudent(**{**args, **overrides})
     module.load_frozen_teacher()  # what setup("fit") does
     popularity = torch.arange(NUM_ITEMS + 1)
@@ -148,7 +152,7 @@ def test_ablation_flags_change_the_loss_as_expected(teacher_ckpt: Path) -> None:
 def test_confidence_weights_each_state_before_the_mean(teacher_ckpt: Path) -> None:
     batch = window_batch(b=2)
     module = student(teacher_ckpt, explore_filter=False)  # lessons = the training candidates
-    module.confidence_fn = lambda delta: torch.zeros_like(delta)
+    module.confidence_weights = lambda delta: torch.zeros_like(delta)
     terms = terms_of(module, batch)
     assert terms["kl"].item() == 0.0 and terms["hint"].item() == 0.0
     # mean over the S states of c_i * loss_i: one state at a time (c = e_i) adds up to the unweighted mean
@@ -156,12 +160,38 @@ def test_confidence_weights_each_state_before_the_mean(teacher_ckpt: Path) -> No
     unweighted = terms_of(student(teacher_ckpt, explore_filter=False, confidence=False), batch)
     kl, hint = 0.0, 0.0
     for i in range(states):
-        module.confidence_fn = lambda delta, i=i: torch.nn.functional.one_hot(torch.tensor(i), states).float()
+        module.confidence_weights = lambda delta, i=i: torch.nn.functional.one_hot(torch.tensor(i), states).float()
         one = terms_of(module, batch)
         assert one["kl"] > 0 and one["hint"] > 0
         kl, hint = kl + one["kl"].item(), hint + one["hint"].item()
     assert kl == pytest.approx(unweighted["kl"].item(), rel=1e-5)
     assert hint == pytest.approx(unweighted["hint"].item(), rel=1e-5)
+
+
+def test_batch_max_confidence_on_hand_numbers_with_clamping(teacher_ckpt: Path) -> None:
+    module = student(teacher_ckpt, min_confidence=0.25)  # the shipped formula, batch_max
+    c = module.confidence_weights(torch.tensor([0.0, 1.0, 4.0]))
+    assert torch.allclose(c, torch.tensor([1.0, 0.75, 0.25]), atol=1e-6)  # 1 - delta / 4, the last clamped from 0
+    assert torch.equal(student(teacher_ckpt, confidence=False).confidence_weights(torch.tensor([0.0, 4.0])), torch.ones(2))
+    assert not any(k.startswith("confidence_") for k in module.state_dict())  # batch_max keeps no state: checkpoints as before
+
+
+def test_exp_confidence_keeps_a_running_sigma2_in_the_modules_state(teacher_ckpt: Path) -> None:
+    module = student(teacher_ckpt, confidence_formula="exp", confidence_momentum=0.5)
+    first = module.confidence_weights(torch.tensor([0.0, 2.0]))  # sigma^2 = mean delta = 1
+    assert torch.allclose(first, torch.tensor([1.0, math.exp(-2.0)]))
+    second = module.confidence_weights(torch.tensor([4.0, 4.0]))  # sigma^2 = 0.5 * 1 + 0.5 * 4 = 2.5
+    assert module.confidence_sigma2.item() == pytest.approx(2.5) and int(module.confidence_batches) == 2
+    assert torch.allclose(second, torch.full((2,), math.exp(-4.0 / 2.5)))
+    clamped = student(teacher_ckpt, confidence_formula="exp", min_confidence=0.5).confidence_weights(torch.tensor([0.0, 10.0]))
+    assert clamped.tolist() == [1.0, 0.5]
+    # the running state is in the state dict: a module restored from it continues alike
+    restored = student(teacher_ckpt, confidence_formula="exp", confidence_momentum=0.5)
+    restored.load_state_dict(module.state_dict())
+    delta = torch.tensor([0.5, 5.0])
+    assert torch.equal(module.confidence_weights(delta), restored.confidence_weights(delta))
+    with pytest.raises(ValueError, match="confidence_formula"):
+        student(teacher_ckpt, confidence_formula="softmax")
 
 
 def test_distill_states_distils_at_a_fresh_random_subset_each_step(teacher_ckpt: Path) -> None:
@@ -193,8 +223,8 @@ def test_teacher_checkpoint_must_hold_a_dqn(tmp_path: Path) -> None:
 def test_teacher_must_fit_the_catalogue_the_width_and_the_history_length(teacher_ckpt: Path) -> None:
     with pytest.raises(ValueError, match="catalogue"):
         student(teacher_ckpt, num_items=NUM_ITEMS + 1)
-    with pytest.raises(ValueError, match="teacher_dim=16"):
-        student(teacher_ckpt, teacher_dim=64)
+    with pytest.raises(ValueError, match="teacher_encoder.dim=16"):
+        student(teacher_ckpt, teacher_encoder=EncoderConfig(dim=64))
     with pytest.raises(ValueError, match="history_len"):
         student(teacher_ckpt, history_len=HISTORY_LEN - 1)
 
@@ -213,10 +243,9 @@ def tiny_config(tmp_path: Path, name: str, ckpt_dir: Path | None = None, every_n
     for callback in spec["trainer"]["callbacks"]:
         if callback["class_path"].endswith("ModelCheckpoint") and "monitor" not in callback.get("init_args", {}):
             callback["init_args"] = {"every_n_train_steps": every_n_steps, "save_last": True, "dirpath": str(ckpt_dir or tmp_path / "ckpt")}
-        if callback["class_path"].endswith("ConfidenceCallback"):
-            callback["init_args"]["formula"] = confidence
-        if callback["class_path"].endswith("TargetNetworkUpdate"):
-            callback["init_args"]["every_n_steps"] = 5
+    spec["model"]["init_args"]["target_every_n_steps"] = 5
+    if "confidence_formula" in spec["model"]["init_args"]:
+        spec["model"]["init_args"]["confidence_formula"] = confidence
     path = tmp_path / f"tiny_{name}"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -248,7 +277,7 @@ def test_teacher_then_student_fit_end_to_end(tmp_path: Path) -> None:
     # at most top-k of each network; fewer than k when the explored set (drawn with replacement) repeats an item
     assert 1 <= metrics["distill/filtered_size"] <= 10
     assert 0 <= metrics["distill/confidence_mean"] <= 1
-    stats = model.model_stats
+    stats = next(c for c in cli.trainer.callbacks if isinstance(c, ModelStatsLogger)).stats
     assert stats["model/params"] == num_parameters(model.online) < stats["model/teacher_params"]
     assert stats["model/latency_ms"] > 0 and stats["model/param_ratio"] < 0.5
     assert 0 <= model.last_metrics["val/auc"] <= 1
@@ -270,7 +299,7 @@ def random_teacher_for_tiny_data(tmp_path: Path) -> Path:
 
     options = dict(arg[len("--data.") :].split("=", 1) for arg in TINY_DATA)
     data = RecDataModule(**{k: yaml.safe_load(v) for k, v in options.items()}, cache_dir=str(tmp_path / "cache"))
-    teacher = DQN(num_items=data.num_items, num_users=data.num_users, history_len=data.history_len, double=True, dim=16, seed=3)
+    teacher = DQN(num_items=data.num_items, num_users=data.num_users, history_len=data.history_len, double=True, encoder=EncoderConfig(dim=16), seed=3)
     path = tmp_path / "teacher.ckpt"
     torch.save({"hyper_parameters": dict(teacher.hparams), "state_dict": teacher.state_dict()}, path)
     return path
@@ -279,7 +308,7 @@ def random_teacher_for_tiny_data(tmp_path: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("teacher", ["frozen", "co_trained"])
 def test_student_resumes_exactly_from_a_mid_epoch_checkpoint(tmp_path: Path, teacher: str) -> None:
-    common = ["--trainer.max_epochs=2", "--model.init_args.num_candidates=40", "--model.init_args.top_k=4", "--model.init_args.teacher_dim=16"]
+    common = ["--trainer.max_epochs=2", "--model.init_args.num_candidates=40", "--model.init_args.top_k=4", "--model.init_args.teacher_encoder.dim=16"]
     if teacher == "frozen":
         common.append(f"--model.init_args.teacher_ckpt={random_teacher_for_tiny_data(tmp_path)}")
     for run in "abc":
@@ -297,5 +326,4 @@ def test_student_resumes_exactly_from_a_mid_epoch_checkpoint(tmp_path: Path, tea
     for name, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
     assert resumed.model.last_metrics == full.model.last_metrics
-    sigma2 = [c.sigma2 for c in (full.trainer.callbacks + resumed.trainer.callbacks) if type(c).__name__ == "ConfidenceCallback"]
-    assert len(sigma2) == 2 and torch.equal(sigma2[0], sigma2[1])
+    assert int(full.model.confidence_batches) == 2 * 11  # exp: the running sigma^2 (in the state dict, compared above) saw every step

@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 import torch
 
+from lit_rec.networks import EncoderConfig
 from lit_rec.cli import make_cli
 from lit_rec.modules.seqrec import SeqRec
 
@@ -94,7 +95,7 @@ def test_learns_next_items_on_a_deterministic_log(softmax: str, one_torch_thread
     # every user walks the catalogue in order: the next item is always last item + 1
     torch.manual_seed(0)
     num_items = 30
-    module = SeqRec(num_items=num_items, num_users=1, history_len=9, dim=32, dropout=0.0, lr=3e-3, softmax=softmax, sampled_negatives=20, seed=0)
+    module = SeqRec(num_items=num_items, num_users=1, history_len=9, encoder=EncoderConfig(dim=32, dropout=0.0), lr=3e-3, softmax=softmax, sampled_negatives=20, seed=0)
     module.training_softmax.fit(torch.ones(num_items + 1, dtype=torch.long))  # what setup does with the train popularity
     optimizer = module.configure_optimizers()
     module.log, module.log_train_ctr = (lambda *a, **k: None), (lambda *a, **k: None)  # no trainer here
