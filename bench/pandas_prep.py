@@ -24,7 +24,7 @@ import torch
 
 from datamodules.negatives import sample_unseen
 from datamodules.pipeline import DROP_REASONS, TEST, TRAIN, VAL
-from datamodules.tensors import EvalTensors, EventTensors, RecTensors, csr_offsets, histories
+from datamodules.tensors import RecTensors, tensors_from_events
 
 COLUMNS = ["user", "item", "rating", "ts"]
 
@@ -198,37 +198,13 @@ def frozen_negatives(
 
 
 def build_tensors(prepared: PandasPrepared, history_len: int) -> RecTensors:
-    """The same `RecTensors` as `datamodules.tensors.build_tensors` (same torch helpers)."""
+    """The same `RecTensors` as `datamodules.tensors.build_tensors` (the same `tensors_from_events`)."""
     events = prepared.events
-    num_users, num_items = len(prepared.user_ids), len(prepared.item_ids)
     user, item, split, pos = (torch.from_numpy(events[c].to_numpy().astype(np.int64)) for c in ("user", "item", "split", "pos"))
-    offsets = csr_offsets(user, num_users)
-    index = torch.arange(user.numel())
-    history = histories(item, index, index - pos, history_len)
-    is_train = split == TRAIN
-    train = EventTensors(user[is_train], history[is_train], item[is_train])
-    val, test = (
-        EvalTensors(user[split == code], history[split == code], item[split == code], prepared.negatives[code])
-        for code in (VAL, TEST)
-    )
-    seen = torch.sort(user * (num_items + 1) + item).values
-    return RecTensors(
-        num_users=num_users,
-        num_items=num_items,
-        history_len=history_len,
-        item_popularity=torch.bincount(train.item, minlength=num_items + 1),
-        train=train,
-        val=val,
-        test=test,
-        train_offsets=csr_offsets(train.user, num_users),
-        train_sequence=train.item.clone(),
-        seen_offsets=offsets,
-        seen_items=seen % (num_items + 1),
-        item_ids=["<PAD>", *(str(i) for i in prepared.item_ids)],
-        user_ids=[str(u) for u in prepared.user_ids],
+    return tensors_from_events(
+        user, item, split, pos, prepared.negatives, history_len,
+        item_ids=["<PAD>", *(str(i) for i in prepared.item_ids)], user_ids=[str(u) for u in prepared.user_ids],
         dropped=dict(prepared.dropped),
-        all_offsets=offsets,
-        all_sequence=item,
     )
 
 

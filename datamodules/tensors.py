@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 import torch
+from torch import Tensor
 
 from datamodules.pipeline import TEST, TRAIN, VAL, Prepared, single_threaded
 
@@ -110,8 +111,19 @@ def build_tensors(prepared: Prepared, history_len: int) -> RecTensors:
 
 def _build_tensors(prepared: Prepared, history_len: int) -> RecTensors:
     events = prepared.events  # sorted by (user, pos)
-    num_users, num_items = prepared.num_users, prepared.num_items
     user, item, split, pos = (_column(events, c) for c in ("user", "item", "split", "pos"))
+    return tensors_from_events(
+        user, item, split, pos, prepared.negatives, history_len,
+        item_ids=["<PAD>", *prepared.item_ids.to_list()], user_ids=prepared.user_ids.to_list(), dropped=dict(prepared.dropped),
+    )
+
+
+def tensors_from_events(
+    user: Tensor, item: Tensor, split: Tensor, pos: Tensor, negatives: dict[int, Tensor], history_len: int,
+    item_ids: list[str], user_ids: list[str], dropped: dict[str, int],
+) -> RecTensors:
+    """`RecTensors` from the encoded events `(E,)` sorted by (user, pos) and each eval split's frozen negatives."""
+    num_users, num_items = len(user_ids), len(item_ids) - 1
     offsets = csr_offsets(user, num_users)
     index = torch.arange(user.numel())
     history = histories(item, index, index - pos, history_len)
@@ -119,7 +131,7 @@ def _build_tensors(prepared: Prepared, history_len: int) -> RecTensors:
     is_train = split == TRAIN
     train = EventTensors(user[is_train], history[is_train], item[is_train])
     val, test = (
-        EvalTensors(user[split == code], history[split == code], item[split == code], prepared.negatives[code])
+        EvalTensors(user[split == code], history[split == code], item[split == code], negatives[code])
         for code in (VAL, TEST)
     )
 
@@ -136,9 +148,9 @@ def _build_tensors(prepared: Prepared, history_len: int) -> RecTensors:
         train_sequence=train.item.clone(),
         seen_offsets=offsets,
         seen_items=seen % (num_items + 1),
-        item_ids=["<PAD>", *prepared.item_ids.to_list()],
-        user_ids=prepared.user_ids.to_list(),
-        dropped=dict(prepared.dropped),
+        item_ids=item_ids,
+        user_ids=user_ids,
+        dropped=dropped,
         all_offsets=offsets,
         all_sequence=item,
     )
