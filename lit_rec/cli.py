@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 import lightning as L
+import yaml
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from datamodules import DataError, RecDataModule
@@ -22,6 +26,9 @@ DEFAULT_LOGGER = {
     "class_path": "lightning.pytorch.loggers.WandbLogger",
     "init_args": {"offline": True, "save_dir": "runs", "project": "lit_rec"},
 }
+# the callbacks group every method shares (both ModelCheckpoints, the loggers, early stopping): read before each
+# subcommand's `--config`, so a method file only appends its own (`trainer: callbacks+: [...]`)
+DEFAULT_CALLBACKS = Path(__file__).resolve().parents[1] / "configs" / "callbacks" / "default.yaml"
 
 
 class LogConfigCallback(SaveConfigCallback):
@@ -38,7 +45,10 @@ class LitRecCLI(LightningCLI):
     """LightningCLI that links the data's sizes into the model."""
 
     def add_arguments_to_parser(self, parser: Any) -> None:
-        """Links `num_items`/`num_users` at instantiation and `eval_ks`, `history_len` at parse time."""
+        """Early stopping as a key of its own (`--early_stopping.patience=N`; class and values in
+        configs/callbacks/default.yaml), added after `trainer.callbacks`. Links `num_items`/`num_users` at
+        instantiation and `eval_ks`, `history_len`, `train_negatives` at parse time."""
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping", subclass_mode=True)
         parser.link_arguments("data.num_items", "model.init_args.num_items", apply_on="instantiate")
         parser.link_arguments("data.num_users", "model.init_args.num_users", apply_on="instantiate")
         parser.link_arguments("data.eval_ks", "model.init_args.eval_ks")
@@ -54,7 +64,11 @@ class LitRecCLI(LightningCLI):
 
 
 def make_cli(args: list[str] | None = None, run: bool = True) -> LitRecCLI:
-    """Builds (and by default runs) the CLI on `args` (sys.argv when None)."""
+    """Builds (and by default runs) the CLI on `args` (sys.argv when None), configs/callbacks/default.yaml
+    read before them."""
+    defaults = {"default_config_files": [str(DEFAULT_CALLBACKS)]}
+    # with subcommands (run) each subcommand's parser reads it, else the one parser
+    parser_kwargs = {name: dict(defaults) for name in LitRecCLI.subcommands()} if run else defaults
     return LitRecCLI(
         RecModule,
         RecDataModule,
@@ -62,10 +76,34 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> LitRecCLI:
         subclass_mode_data=False,
         save_config_callback=LogConfigCallback,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs=parser_kwargs,
         trainer_defaults={"logger": DEFAULT_LOGGER, "plugins": [{"class_path": "lit_rec.checkpoints.AtomicCheckpointIO"}]},
         args=args,
         run=run,
     )
+
+
+def method_config(path: str | Path) -> dict[str, Any]:
+    """The plain config that `--config path` gives the CLI, for code that edits a method's config before a run
+    (reproduce, bench, tests): configs/callbacks/default.yaml, the file over it (`trainer.callbacks+` appended to
+    the group's list). Write the result back as one `--config` file: its `trainer.callbacks` replaces the group's."""
+    config = yaml.safe_load(DEFAULT_CALLBACKS.read_text())
+    _merge(config, yaml.safe_load(Path(path).read_text()) or {})
+    return config
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> None:
+    """`over` into `base` as jsonargparse layers two config files: mappings key by key (a class_path that changes
+    replaces the whole mapping), `key+` appends to the list `key`, anything else replaces."""
+    for key, value in over.items():
+        if key.endswith("+"):
+            name = key[:-1]
+            base[name] = list(base.get(name) or []) + copy.deepcopy(value if isinstance(value, list) else [value])
+        elif isinstance(value, dict) and isinstance(base.get(key), dict) \
+                and value.get("class_path", base[key].get("class_path")) == base[key].get("class_path"):
+            _merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
 
 
 def _silence_known_noise() -> None:
