@@ -85,25 +85,27 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> LitRecCLI:
 
 def method_config(path: str | Path) -> dict[str, Any]:
     """The plain config that `--config path` gives the CLI, for code that edits a method's config before a run
-    (reproduce, bench, tests): configs/callbacks/default.yaml, the file over it (`trainer.callbacks+` appended to
-    the group's list). Write the result back as one `--config` file: its `trainer.callbacks` replaces the group's."""
-    config = yaml.safe_load(DEFAULT_CALLBACKS.read_text())
-    _merge(config, yaml.safe_load(Path(path).read_text()) or {})
-    return config
+    (reproduce, bench, tests): configs/callbacks/default.yaml with the file over it (`trainer.callbacks+` appended
+    to the group's list), the file's keys first. Written back as one `--config` file, its `trainer.callbacks`
+    replaces the group's list."""
+    return _merged(yaml.safe_load(DEFAULT_CALLBACKS.read_text()), yaml.safe_load(Path(path).read_text()) or {})
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> None:
-    """`over` into `base` as jsonargparse layers two config files: mappings key by key (a class_path that changes
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on `base` as jsonargparse layers two config files: mappings key by key (a class_path that changes
     replaces the whole mapping), `key+` appends to the list `key`, anything else replaces."""
+    merged: dict[str, Any] = {}
     for key, value in over.items():
+        name = key.removesuffix("+")
+        old = base.get(name)
         if key.endswith("+"):
-            name = key[:-1]
-            base[name] = list(base.get(name) or []) + copy.deepcopy(value if isinstance(value, list) else [value])
-        elif isinstance(value, dict) and isinstance(base.get(key), dict) \
-                and value.get("class_path", base[key].get("class_path")) == base[key].get("class_path"):
-            _merge(base[key], value)
+            merged[name] = copy.deepcopy(list(old or []) + (value if isinstance(value, list) else [value]))
+        elif isinstance(value, dict) and isinstance(old, dict) \
+                and value.get("class_path", old.get("class_path")) == old.get("class_path"):
+            merged[name] = _merged(old, value)
         else:
-            base[key] = copy.deepcopy(value)
+            merged[name] = copy.deepcopy(value)
+    return {**merged, **{key: copy.deepcopy(value) for key, value in base.items() if key not in merged}}
 
 
 def _silence_known_noise() -> None:

@@ -259,3 +259,17 @@ def test_data_facts_reach_every_model_from_the_data_alone(config: Path) -> None:
     cli = make_cli(["--config", str(config), *TINY_DATA, "--data.history_len=7", "--data.train_negatives=4"], run=False)
     assert (cli.model.history_len, cli.model.train_negatives) == (7, 4)
     assert (cli.model.num_items, cli.model.num_users) == (cli.datamodule.num_items, cli.datamodule.num_users)
+
+
+def test_a_method_file_may_change_the_group_s_early_stopping(tmp_path: Path) -> None:
+    """A method file's `early_stopping: {init_args: ...}` changes the named values and keeps the rest, in
+    `method_config` as in the CLI."""
+    path = tmp_path / "patient.yaml"
+    path.write_text((ROOT / "configs" / "linucb.yaml").read_text() + "early_stopping: {init_args: {patience: 5}}\n")
+    stopping = method_config(path)["early_stopping"]
+    assert stopping["class_path"] == "callbacks.early_stopping.WarmupEarlyStopping"
+    assert (stopping["init_args"]["patience"], stopping["init_args"]["start_from_epoch"]) == (5, 5)
+    cli = make_cli(["--config", str(path), *TINY_DATA, f"--trainer.default_root_dir={tmp_path}",
+                    f"--data.cache_dir={tmp_path / 'cache'}"], run=False)
+    built = cli.trainer.early_stopping_callback
+    assert (built.patience, built.start_from_epoch, built.monitor) == (5, 5, MONITOR)
