@@ -48,12 +48,16 @@ class LitRecCLI(LightningCLI):
         """Early stopping as a key of its own (`--early_stopping.patience=N`; class and values in
         configs/callbacks/default.yaml), added after `trainer.callbacks`. Links `num_items`/`num_users` at
         instantiation and `eval_ks`, `history_len`, `train_negatives` at parse time."""
-        parser.add_lightning_class_args(EarlyStopping, "early_stopping", subclass_mode=True)
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping", subclass_mode=True, required=False)
         parser.link_arguments("data.num_items", "model.init_args.num_items", apply_on="instantiate")
         parser.link_arguments("data.num_users", "model.init_args.num_users", apply_on="instantiate")
         parser.link_arguments("data.eval_ks", "model.init_args.eval_ks")
         parser.link_arguments("data.history_len", "model.init_args.history_len")
         parser.link_arguments("data.train_negatives", "model.init_args.train_negatives")
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:
+        """`--early_stopping=null` runs without early stopping (LightningCLI would pass the None on)."""
+        return super()._instantiate_trainer(config, [c for c in callbacks if c is not None])
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
         """Parses, then loads `--ckpt_path` once: a bad file is one line before Lightning reads it."""

@@ -190,6 +190,12 @@ def test_patience_is_set_on_the_command_line(tmp_path: Path) -> None:
     assert len([c for c in cli.trainer.callbacks if isinstance(c, EarlyStopping)]) == 1
 
 
+def test_early_stopping_can_be_turned_off(tmp_path: Path) -> None:
+    cli = make_cli(["--config", str(ROOT / "configs" / "linucb.yaml"), *TINY_DATA, "--early_stopping=null",
+                    f"--trainer.default_root_dir={tmp_path}", f"--data.cache_dir={tmp_path / 'cache'}"], run=False)
+    assert cli.trainer.early_stopping_callback is None and cli.trainer.checkpoint_callback.monitor == MONITOR
+
+
 def test_a_saved_run_config_replaces_the_default_callbacks(tmp_path: Path) -> None:
     """A config whose `trainer.callbacks` is a full list (a run's saved config.yaml, reproduce's run configs)
     replaces the group's list instead of adding to it; its `early_stopping` replaces the group's values."""
