@@ -42,7 +42,7 @@ class LogConfigCallback(SaveConfigCallback):
 
 
 class LitRecCLI(LightningCLI):
-    """LightningCLI that links the data's sizes into the model."""
+    """LightningCLI with early stopping as a key of its own (`early_stopping`); links the data's sizes into the model."""
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         """Early stopping as a key of its own (`--early_stopping.patience=N`; class and values in
