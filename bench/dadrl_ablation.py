@@ -88,7 +88,8 @@ def run(name: str, config: str, extra: list[str], data: tuple[str, str], epochs:
         "--config", config, "--data", data[0], f"--data.path={data[1]}", f"--trainer.max_epochs={epochs}",
         "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
         "--trainer.enable_checkpointing=false", f"--trainer.default_root_dir={work / slug}",
-        "--trainer.callbacks=[{class_path: callbacks.staleness.StalenessCallback}]", "--model.init_args.full_ranking=false", *extra,
+        "--trainer.callbacks=[{class_path: callbacks.staleness.StalenessCallback}]", "--early_stopping=null",
+        "--model.init_args.full_ranking=false", *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "POLARS_MAX_THREADS": "1", "WANDB_MODE": "disabled"}
     started = time.perf_counter()

@@ -37,7 +37,7 @@ import yaml  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lit_rec.cli import make_cli  # noqa: E402
+from lit_rec.cli import make_cli, method_config  # noqa: E402
 from lit_rec.serving import num_parameters, serving_latency_ms  # noqa: E402
 
 THREADS = 1
@@ -59,7 +59,7 @@ def log(message: str) -> None:
 
 def run_config(config: str, work: Path, data: dict[str, Any], steps: int, seed: int, extra: list[str]) -> Any:
     """Fits a shipped config for `steps` steps (no logger, validation, checkpoints or full ranking) and tests it."""
-    spec = yaml.safe_load((ROOT / config).read_text())
+    spec = method_config(ROOT / config)
     spec["seed_everything"] = seed
     spec["model"]["init_args"]["seed"] = seed
     trainer = spec["trainer"]

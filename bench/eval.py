@@ -53,7 +53,7 @@ import yaml  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lit_rec.cli import make_cli  # noqa: E402
+from lit_rec.cli import make_cli, method_config  # noqa: E402
 
 DATA_CONFIG, DATA_PATH, MODEL_CONFIG = "configs/data/ml1m.yaml", "../shared/data/ml-1m-users1-2999", "configs/dqn.yaml"
 TARGET_RATIO = 0.8
@@ -67,7 +67,7 @@ def log(message: str) -> None:
 
 def train_model(work: Path, steps: int, seed: int) -> Any:
     """Builds configs/dqn.yaml on ML-1M through the CLI and fits it for `steps` optimizer steps (no logger or checkpoints)."""
-    spec = yaml.safe_load((ROOT / MODEL_CONFIG).read_text())
+    spec = method_config(ROOT / MODEL_CONFIG)
     spec["seed_everything"] = seed
     trainer = spec["trainer"]
     trainer["callbacks"] = [c for c in trainer["callbacks"] if not c["class_path"].endswith("ModelCheckpoint")]

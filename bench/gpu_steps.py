@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from datamodules.datamodule import RecDataModule  # noqa: E402
 from lit_rec.cli import make_cli  # noqa: E402
-from train_step import StepClock, shipped_callbacks, steady_rate  # noqa: E402 - bench/train_step.py, beside this file
+from train_step import StepClock, bench_spec, shipped_callbacks, steady_rate  # noqa: E402 - bench/train_step.py, beside this file
 
 SHIPPED_BATCH = int(inspect.signature(RecDataModule.__init__).parameters["batch_size"].default)  # the default data's windows a batch
 METHODS = {  # name: (config, CLI arguments of scale s)
@@ -78,10 +78,7 @@ class Side:
 
     def __init__(self, method: str, scale: int, side: str, work: Path, seed: int) -> None:
         config, scale_args = METHODS[method]
-        spec = yaml.safe_load((ROOT / config).read_text())
-        spec["seed_everything"] = seed
-        self.callback_specs = [c for c in spec["trainer"]["callbacks"] if not c["class_path"].endswith("ModelCheckpoint")]
-        spec["trainer"] = {"logger": False, "enable_checkpointing": False, "callbacks": self.callback_specs}
+        spec, self.callback_specs = bench_spec(ROOT / config, seed)
         path = work / f"{method}_{scale}_{side}.yaml"
         path.write_text(yaml.safe_dump(spec))
         with contextlib.redirect_stdout(sys.stderr):

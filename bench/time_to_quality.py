@@ -33,7 +33,7 @@ import yaml  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lit_rec.cli import make_cli  # noqa: E402
+from lit_rec.cli import make_cli, method_config  # noqa: E402
 
 THREADS = 1
 SETTINGS = {
@@ -79,7 +79,7 @@ class TrainingClock(L.Callback):
 
 def run(method: str, setting: dict[str, Any], work: Path, threshold: float, max_epochs: int) -> dict[str, Any]:
     """Fits `configs/<method>.yaml` until val CTR@10 reaches `threshold` (or it stops); its clock's figures."""
-    spec = yaml.safe_load((ROOT / "configs" / f"{method}.yaml").read_text())
+    spec = method_config(ROOT / "configs" / f"{method}.yaml")
     trainer = spec["trainer"]
     trainer["callbacks"] = [c for c in trainer["callbacks"] if not c["class_path"].endswith(("ModelCheckpoint", "PredictionWriter"))]
     trainer.update({"accelerator": "cpu", "devices": 1, "max_epochs": max_epochs, "max_steps": -1, "logger": False,

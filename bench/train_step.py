@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lit_rec.functional.td import update_target  # noqa: E402
-from lit_rec.cli import make_cli  # noqa: E402
+from lit_rec.cli import make_cli, method_config  # noqa: E402
 from lit_rec.functional.next_item import greedy_hits, random_rivals  # noqa: E402
 
 DATA_CONFIG, DATA_PATH, MODEL_CONFIG = "configs/data/ml1m.yaml", "../shared/data/ml-1m-users1-2999", "configs/dqn.yaml"
@@ -69,12 +69,19 @@ def log(message: str) -> None:
     print(f"[bench/train_step] {message}", file=sys.stderr, flush=True)
 
 
-def shipped_spec(work: Path, seed: int) -> tuple[Path, list[dict[str, Any]]]:
-    """configs/dqn.yaml without ModelCheckpoint (written to `work`), and its trainer callbacks."""
-    spec = yaml.safe_load((ROOT / MODEL_CONFIG).read_text())
+def bench_spec(config: Path, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A method config (`lit_rec.cli.method_config`) with `seed`, no logger and no ModelCheckpoint; and its
+    callbacks as the CLI orders them (early stopping, a key of its own, last), for a Trainer of the bench's own."""
+    spec = method_config(config)
     spec["seed_everything"] = seed
     callbacks = [c for c in spec["trainer"]["callbacks"] if not c["class_path"].endswith("ModelCheckpoint")]
     spec["trainer"] = {"callbacks": callbacks, "logger": False, "enable_checkpointing": False}
+    return spec, [*callbacks, spec["early_stopping"]]
+
+
+def shipped_spec(work: Path, seed: int) -> tuple[Path, list[dict[str, Any]]]:
+    """configs/dqn.yaml without ModelCheckpoint (written to `work`), and its callbacks."""
+    spec, callbacks = bench_spec(ROOT / MODEL_CONFIG, seed)
     path = work / "dqn.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path, callbacks

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 import lightning as L
+import yaml
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from datamodules import DataError, RecDataModule
@@ -22,6 +26,9 @@ DEFAULT_LOGGER = {
     "class_path": "lightning.pytorch.loggers.WandbLogger",
     "init_args": {"offline": True, "save_dir": "runs", "project": "lit_rec"},
 }
+# the callbacks group every method shares (both ModelCheckpoints, the loggers, early stopping): read before each
+# subcommand's `--config`, so a method file only appends its own (`trainer: callbacks+: [...]`)
+DEFAULT_CALLBACKS = Path(__file__).resolve().parents[1] / "configs" / "callbacks" / "default.yaml"
 
 
 class LogConfigCallback(SaveConfigCallback):
@@ -35,15 +42,22 @@ class LogConfigCallback(SaveConfigCallback):
 
 
 class LitRecCLI(LightningCLI):
-    """LightningCLI that links the data's sizes into the model."""
+    """LightningCLI with early stopping as a key of its own (`early_stopping`); links the data's sizes into the model."""
 
     def add_arguments_to_parser(self, parser: Any) -> None:
-        """Links `num_items`/`num_users` at instantiation and `eval_ks`, `history_len` at parse time."""
+        """Early stopping as a key of its own (`--early_stopping.patience=N`; class and values in
+        configs/callbacks/default.yaml), added after `trainer.callbacks`. Links `num_items`/`num_users` at
+        instantiation and `eval_ks`, `history_len`, `train_negatives` at parse time."""
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping", subclass_mode=True, required=False)
         parser.link_arguments("data.num_items", "model.init_args.num_items", apply_on="instantiate")
         parser.link_arguments("data.num_users", "model.init_args.num_users", apply_on="instantiate")
         parser.link_arguments("data.eval_ks", "model.init_args.eval_ks")
         parser.link_arguments("data.history_len", "model.init_args.history_len")
         parser.link_arguments("data.train_negatives", "model.init_args.train_negatives")
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:
+        """`--early_stopping=null` runs without early stopping (LightningCLI would pass the None on)."""
+        return super()._instantiate_trainer(config, [c for c in callbacks if c is not None])
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
         """Parses, then loads `--ckpt_path` once: a bad file is one line before Lightning reads it."""
@@ -54,7 +68,11 @@ class LitRecCLI(LightningCLI):
 
 
 def make_cli(args: list[str] | None = None, run: bool = True) -> LitRecCLI:
-    """Builds (and by default runs) the CLI on `args` (sys.argv when None)."""
+    """Builds (and by default runs) the CLI on `args` (sys.argv when None), configs/callbacks/default.yaml
+    read before them."""
+    defaults = {"default_config_files": [str(DEFAULT_CALLBACKS)]}
+    # with subcommands (run) each subcommand's parser reads it, else the one parser
+    parser_kwargs = {name: dict(defaults) for name in LitRecCLI.subcommands()} if run else defaults
     return LitRecCLI(
         RecModule,
         RecDataModule,
@@ -62,10 +80,36 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> LitRecCLI:
         subclass_mode_data=False,
         save_config_callback=LogConfigCallback,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs=parser_kwargs,
         trainer_defaults={"logger": DEFAULT_LOGGER, "plugins": [{"class_path": "lit_rec.checkpoints.AtomicCheckpointIO"}]},
         args=args,
         run=run,
     )
+
+
+def method_config(path: str | Path) -> dict[str, Any]:
+    """The plain config that `--config path` gives the CLI, for code that edits a method's config before a run
+    (reproduce, bench, tests): configs/callbacks/default.yaml with the file over it (`trainer.callbacks+` appended
+    to the group's list), the file's keys first. Written back as one `--config` file, its `trainer.callbacks`
+    replaces the group's list."""
+    return _merged(yaml.safe_load(DEFAULT_CALLBACKS.read_text()), yaml.safe_load(Path(path).read_text()) or {})
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on `base` as jsonargparse layers two config files: mappings key by key (a class_path that changes
+    replaces the whole mapping), `key+` appends to the list `key`, anything else replaces."""
+    merged: dict[str, Any] = {}
+    for key, value in over.items():
+        name = key.removesuffix("+")
+        old = base.get(name)
+        if key.endswith("+"):
+            merged[name] = copy.deepcopy(list(old or []) + (value if isinstance(value, list) else [value]))
+        elif isinstance(value, dict) and isinstance(old, dict) \
+                and value.get("class_path", old.get("class_path")) == old.get("class_path"):
+            merged[name] = _merged(old, value)
+        else:
+            merged[name] = copy.deepcopy(value)
+    return {**merged, **{key: copy.deepcopy(value) for key, value in base.items() if key not in merged}}
 
 
 def _silence_known_noise() -> None:

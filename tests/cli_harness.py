@@ -166,12 +166,12 @@ CALLBACK_ARGS = {
 
 
 def callbacks_json(method: str, checkpoint_dir: Path, probe: dict[str, Any], every: int = CHECKPOINT_EVERY) -> str:
-    """The method config's callback list as one JSON value: the periodic ModelCheckpoint writing `step=N.ckpt`
-    every `every` steps into `checkpoint_dir` (the one on val/ctr@10 as configured); FreezeAfterCheckpoint(**probe)
-    last."""
-    import yaml
+    """The method config's callback list (configs/callbacks/default.yaml's and the method's own) as one JSON
+    value: the periodic ModelCheckpoint writing `step=N.ckpt` every `every` steps into `checkpoint_dir` (the one on
+    val/ctr@10 as configured); FreezeAfterCheckpoint(**probe) last (early stopping, a key of its own, follows it)."""
+    from lit_rec.cli import method_config
 
-    config = yaml.safe_load((ROOT / "configs" / f"{method}.yaml").read_text())
+    config = method_config(ROOT / "configs" / f"{method}.yaml")
     result = []
     for callback in config["trainer"]["callbacks"]:
         class_path = callback["class_path"]

@@ -1,6 +1,8 @@
-"""Model selection in the shipped configs: every method config keeps the best `val/ctr@10` (the first
-ModelCheckpoint, so `ckpt_path="best"` resolves to it), the periodic checkpoints of DESIGN.md section 2, and
-stops early when `val/ctr@10` stops improving (patience 3, overridable with `--trainer.callbacks.patience`)."""
+"""Model selection in the shipped configs: every method, through the callbacks group it shares
+(configs/callbacks/default.yaml), keeps the best `val/ctr@10` (the first ModelCheckpoint, so `ckpt_path="best"`
+resolves to it), the periodic checkpoints of DESIGN.md section 2, and stops early when `val/ctr@10` stops
+improving (patience 3 from epoch 5 on, overridable with `--early_stopping.patience` and
+`--early_stopping.start_from_epoch`)."""
 
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ from typing import Any
 
 import lightning as L
 import pytest
+from lightning.pytorch.callbacks import EarlyStopping
 import torch
 import yaml
 
 from lit_rec.checkpoints import CheckpointError
-from lit_rec.cli import main, make_cli
+from lit_rec.cli import DEFAULT_CALLBACKS, main, make_cli, method_config
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD_CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -24,7 +27,8 @@ TINY_DATA = ["--data.synthetic_users=60", "--data.synthetic_items=150", "--data.
 
 
 def shipped_callbacks(config: Path) -> list[dict[str, Any]]:
-    return yaml.safe_load(config.read_text())["trainer"]["callbacks"]
+    """The method's `trainer.callbacks` as the CLI reads them: the default group's, then the method's own."""
+    return method_config(config)["trainer"]["callbacks"]
 
 
 def named(callbacks: list[dict[str, Any]], name: str) -> list[tuple[int, dict[str, Any]]]:
@@ -40,14 +44,56 @@ def test_every_method_config_keeps_the_best_validation_and_stops_early(config: P
     # the first ModelCheckpoint is trainer.checkpoint_callback, which ckpt_path="best" reads
     assert best == {"monitor": MONITOR, "mode": "max", "save_top_k": 1, "filename": "best"}
     assert periodic == {"every_n_train_steps": 100, "save_last": True}  # DESIGN.md section 2
-    stopping = [(i, c.get("init_args") or {}) for i, c in enumerate(callbacks) if c["class_path"] == "callbacks.early_stopping.WarmupEarlyStopping"]
-    assert len(stopping) == 1
-    index, args = stopping[0]
+    # early stopping is a key of its own (`--early_stopping.patience=N`), not in the list
+    assert not [c for c in callbacks if c["class_path"].endswith("EarlyStopping")], callbacks
+    stopping = method_config(config)["early_stopping"]
+    assert stopping["class_path"] == "callbacks.early_stopping.WarmupEarlyStopping"
+    args = stopping["init_args"]
     assert args["monitor"] == MONITOR and args["mode"] == "max" and args["patience"] == 3
     assert args["start_from_epoch"] == 5  # misses count from epoch 5 on (the popularity plateau of the first epochs)
     # checked after each validation only: a fit without validation (limit_val_batches=0) is never stopped
     assert args.get("check_on_train_epoch_end") is False
-    assert index == len(callbacks) - 1  # last: `--trainer.callbacks.patience=N` sets it
+
+
+@pytest.mark.parametrize("config", METHOD_CONFIGS, ids=lambda p: p.name)
+def test_every_method_file_appends_to_the_default_callbacks_and_repeats_none(config: Path) -> None:
+    """A method file holds only its own callbacks (`trainer.callbacks+`), after the group's; it replaces neither
+    the group's list nor its early stopping."""
+    group = yaml.safe_load(DEFAULT_CALLBACKS.read_text())
+    method = yaml.safe_load(config.read_text())
+    assert "callbacks" not in method["trainer"] and "early_stopping" not in method, config.name
+    own = method["trainer"].get("callbacks+", [])
+    shared = {c["class_path"] for c in group["trainer"]["callbacks"]} | {group["early_stopping"]["class_path"]}
+    assert not [c for c in own if c["class_path"] in shared or c["class_path"].endswith(("ModelCheckpoint", "EarlyStopping"))]
+    assert shipped_callbacks(config) == group["trainer"]["callbacks"] + own
+
+
+def class_path(callback: object) -> str:
+    return f"{type(callback).__module__}.{type(callback).__qualname__}"
+
+
+def configured_class(spec: dict[str, Any]) -> type:
+    module, _, name = spec["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("config", METHOD_CONFIGS, ids=lambda p: p.stem)
+def test_a_method_file_alone_gets_the_default_callbacks_its_own_and_early_stopping(config: Path, tmp_path: Path) -> None:
+    """`--config configs/<method>.yaml` alone: the group's callbacks, the method's, then early stopping (patience 3
+    from epoch 5 on); the first ModelCheckpoint, on val/ctr@10, is the trainer's checkpoint callback."""
+    cli = make_cli(["--config", str(config), *TINY_DATA, f"--trainer.default_root_dir={tmp_path}",
+                    f"--data.cache_dir={tmp_path / 'cache'}"], run=False)
+    spec = method_config(config)
+    expected = [configured_class(c) for c in spec["trainer"]["callbacks"]] + [configured_class(spec["early_stopping"])]
+    built = [c for c in cli.trainer.callbacks if any(type(c) is cls for cls in expected)]
+    # Lightning moves the checkpoint callbacks to the end; every other one keeps the configured order
+    others = [cls for cls in expected if cls.__name__ != "ModelCheckpoint"]
+    assert [type(c) for c in built] == others + [cls for cls in expected if cls.__name__ == "ModelCheckpoint"]
+    assert len(cli.trainer.checkpoint_callbacks) == 2 and cli.trainer.checkpoint_callback.monitor == MONITOR
+    stopping = cli.trainer.early_stopping_callback
+    assert class_path(stopping) == "callbacks.early_stopping.WarmupEarlyStopping"
+    assert (stopping.monitor, stopping.mode, stopping.patience, stopping.start_from_epoch) == (MONITOR, "max", 3, 5)
+    assert len([c for c in cli.trainer.callbacks if isinstance(c, EarlyStopping)]) == 1
 
 
 class Scripted(L.LightningModule):
@@ -87,9 +133,9 @@ class Scripted(L.LightningModule):
 
 
 def lightning_callbacks(config: Path) -> list[L.Callback]:
-    """The config's ModelCheckpoint and EarlyStopping callbacks, built as the CLI builds them."""
+    """The config's ModelCheckpoint and EarlyStopping callbacks, built as the CLI builds them (early stopping last)."""
     built = []
-    for callback in shipped_callbacks(config):
+    for callback in [*shipped_callbacks(config), method_config(config)["early_stopping"]]:
         module, _, name = callback["class_path"].rpartition(".")
         if module in ("lightning.pytorch.callbacks", "callbacks.early_stopping"):
             built.append(getattr(importlib.import_module(module), name)(**(callback.get("init_args") or {})))
@@ -135,10 +181,35 @@ def test_a_validation_that_keeps_improving_runs_to_max_epochs(tmp_path: Path) ->
 
 
 def test_patience_is_set_on_the_command_line(tmp_path: Path) -> None:
-    cli = make_cli(["--config", str(ROOT / "configs" / "linucb.yaml"), *TINY_DATA, "--trainer.callbacks.patience=7",
-                    f"--trainer.default_root_dir={tmp_path}", f"--data.cache_dir={tmp_path / 'cache'}"], run=False)
-    assert cli.trainer.early_stopping_callback.patience == 7
+    cli = make_cli(["--config", str(ROOT / "configs" / "dqn.yaml"), *TINY_DATA, "--early_stopping.patience=7",
+                    "--early_stopping.start_from_epoch=2", f"--trainer.default_root_dir={tmp_path}",
+                    f"--data.cache_dir={tmp_path / 'cache'}"], run=False)
+    stopping = cli.trainer.early_stopping_callback
+    assert (stopping.patience, stopping.start_from_epoch, stopping.monitor) == (7, 2, MONITOR)
     assert cli.trainer.checkpoint_callback.monitor == MONITOR
+    assert len([c for c in cli.trainer.callbacks if isinstance(c, EarlyStopping)]) == 1
+
+
+def test_early_stopping_can_be_turned_off(tmp_path: Path) -> None:
+    cli = make_cli(["--config", str(ROOT / "configs" / "linucb.yaml"), *TINY_DATA, "--early_stopping=null",
+                    f"--trainer.default_root_dir={tmp_path}", f"--data.cache_dir={tmp_path / 'cache'}"], run=False)
+    assert cli.trainer.early_stopping_callback is None and cli.trainer.checkpoint_callback.monitor == MONITOR
+
+
+def test_a_saved_run_config_replaces_the_default_callbacks(tmp_path: Path) -> None:
+    """A config whose `trainer.callbacks` is a full list (a run's saved config.yaml, reproduce's run configs)
+    replaces the group's list instead of adding to it; its `early_stopping` replaces the group's values."""
+    spec = method_config(ROOT / "configs" / "dqn.yaml")
+    spec["trainer"]["callbacks"] = [c for c in spec["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")][:1]
+    spec["early_stopping"]["init_args"]["patience"] = 9
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    cli = make_cli(["--config", str(path), *TINY_DATA, f"--trainer.default_root_dir={tmp_path}",
+                    f"--data.cache_dir={tmp_path / 'cache'}"], run=False)
+    assert len(cli.trainer.checkpoint_callbacks) == 1 and cli.trainer.checkpoint_callback.monitor == MONITOR
+    assert not [c for c in cli.trainer.callbacks if class_path(c).startswith("callbacks.")
+                and not isinstance(c, EarlyStopping)]
+    assert cli.trainer.early_stopping_callback.patience == 9
 
 
 class ValRecorder(L.Callback):
@@ -194,3 +265,17 @@ def test_data_facts_reach_every_model_from_the_data_alone(config: Path) -> None:
     cli = make_cli(["--config", str(config), *TINY_DATA, "--data.history_len=7", "--data.train_negatives=4"], run=False)
     assert (cli.model.history_len, cli.model.train_negatives) == (7, 4)
     assert (cli.model.num_items, cli.model.num_users) == (cli.datamodule.num_items, cli.datamodule.num_users)
+
+
+def test_a_method_file_may_change_the_group_s_early_stopping(tmp_path: Path) -> None:
+    """A method file's `early_stopping: {init_args: ...}` changes the named values and keeps the rest, in
+    `method_config` as in the CLI."""
+    path = tmp_path / "patient.yaml"
+    path.write_text((ROOT / "configs" / "linucb.yaml").read_text() + "early_stopping: {init_args: {patience: 5}}\n")
+    stopping = method_config(path)["early_stopping"]
+    assert stopping["class_path"] == "callbacks.early_stopping.WarmupEarlyStopping"
+    assert (stopping["init_args"]["patience"], stopping["init_args"]["start_from_epoch"]) == (5, 5)
+    cli = make_cli(["--config", str(path), *TINY_DATA, f"--trainer.default_root_dir={tmp_path}",
+                    f"--data.cache_dir={tmp_path / 'cache'}"], run=False)
+    built = cli.trainer.early_stopping_callback
+    assert (built.patience, built.start_from_epoch, built.monitor) == (5, 5, MONITOR)

@@ -8,14 +8,23 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from lit_rec.cli import make_cli
+from lit_rec.cli import DEFAULT_CALLBACKS, make_cli, method_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 METHOD_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml"))
 DATA_CONFIGS = sorted((ROOT / "configs" / "data").glob("*.yaml"))
 TRAINER_CONFIGS = sorted((ROOT / "configs" / "trainer").glob("*.yaml"))
+CALLBACK_CONFIGS = sorted((ROOT / "configs" / "callbacks").glob("*.yaml"))
+
+
+def test_every_shipped_yaml_is_loaded_by_a_test() -> None:
+    """The method files, the data and trainer groups below, the callbacks group read before every `--config`."""
+    shipped = sorted((ROOT / "configs").rglob("*.yaml"))
+    assert shipped == sorted(METHOD_CONFIGS + DATA_CONFIGS + TRAINER_CONFIGS + CALLBACK_CONFIGS)
+    assert CALLBACK_CONFIGS == [DEFAULT_CALLBACKS]
 
 
 def _print_config(args: list[str]) -> None:
@@ -34,6 +43,20 @@ def test_every_method_config_parses(config: Path, capsys: pytest.CaptureFixture)
 def test_every_group_config_parses_with_a_method(config: Path) -> None:
     group = config.parent.name
     _print_config(["--config", str(ROOT / "configs" / "linucb.yaml"), f"--{group}", str(config)])
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+def test_every_subcommand_reads_the_callbacks_group_before_the_config(subcommand: str, capsys: pytest.CaptureFixture) -> None:
+    config = ROOT / "configs" / "dadrl.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        make_cli([subcommand, "--config", str(config), "--early_stopping.patience=4", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    expected = method_config(config)
+    assert [c["class_path"] for c in printed["trainer"]["callbacks"]] == [c["class_path"] for c in expected["trainer"]["callbacks"]]
+    assert printed["early_stopping"]["class_path"] == expected["early_stopping"]["class_path"]
+    assert printed["early_stopping"]["init_args"] == {**printed["early_stopping"]["init_args"],
+                                                      **expected["early_stopping"]["init_args"], "patience": 4}
 
 
 def test_trainer_group_files_keep_the_method_callbacks(capsys: pytest.CaptureFixture) -> None:

@@ -70,8 +70,11 @@ class RunResult:
 
 
 def run_spec(settings: Settings, method: Method, seed: int) -> dict[str, Any]:
-    """The method's config with this reproduction's seed, budget, logger and callbacks."""
-    spec = yaml.safe_load((ROOT / method.config).read_text())
+    """The method's config (configs/callbacks/default.yaml's callbacks and its own) with this reproduction's
+    seed, budget, logger and callbacks."""
+    from lit_rec.cli import method_config
+
+    spec = method_config(ROOT / method.config)
     spec["seed_everything"] = seed
     init = spec["model"].setdefault("init_args", {})
     if "seed" in init:
@@ -88,20 +91,20 @@ def run_spec(settings: Settings, method: Method, seed: int) -> dict[str, Any]:
     run_name = settings.run_name(method, seed)
     # the config's checkpoints and early stopping give way to the same ones for every method: the best
     # val/ctr@10 kept (no periodic files), and a stop after PATIENCE validations without improvement (by the
-    # config's own early-stopping class, WarmupEarlyStopping in every shipped config)
-    configured = trainer.get("callbacks") or []
-    stopping = [c["class_path"] for c in configured if str(c.get("class_path", "")).endswith("EarlyStopping")]
+    # config's own early-stopping class, WarmupEarlyStopping of configs/callbacks/default.yaml)
+    stopping = (spec.get("early_stopping") or {}).get("class_path")
     if not stopping:
-        raise ValueError(f"{method.config}: no EarlyStopping callback under trainer.callbacks; reproduce stops every "
-                         "method early with the config's own (callbacks.early_stopping.WarmupEarlyStopping)")
-    callbacks = [c for c in configured if not str(c.get("class_path", "")).endswith(("ModelCheckpoint", "EarlyStopping"))]
+        raise ValueError(f"{method.config}: no early_stopping class_path; reproduce stops every method early with "
+                         "the config's own (configs/callbacks/default.yaml)")
+    spec["early_stopping"] = {
+        "class_path": stopping,
+        "init_args": {"monitor": MONITOR, "mode": "max", "patience": PATIENCE, "check_on_train_epoch_end": False,
+                      "start_from_epoch": settings.start_from_epoch}}
+    callbacks = [c for c in trainer.get("callbacks") or [] if not str(c.get("class_path", "")).endswith("ModelCheckpoint")]
     callbacks += [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
          "init_args": {"dirpath": str(settings.checkpoint_dir(method, seed)), "filename": "best", "monitor": MONITOR,
                        "mode": "max", "save_top_k": 1}},
-        {"class_path": stopping[0],
-         "init_args": {"monitor": MONITOR, "mode": "max", "patience": PATIENCE, "check_on_train_epoch_end": False,
-                       "start_from_epoch": settings.start_from_epoch}},
         {"class_path": f"{CurveRecorder.__module__}.CurveRecorder"},
     ]
     trainer.update(

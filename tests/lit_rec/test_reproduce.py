@@ -97,11 +97,14 @@ def test_reproduce_smoke_writes_every_file(tmp_path: Path, monkeypatch: pytest.M
 
 
 def check_selection_callbacks(spec: dict[str, Any]) -> None:
-    """A run config keeps one checkpoint, the best val/ctr@10, and stops early on it with the common patience."""
+    """A run config keeps one checkpoint, the best val/ctr@10, and stops early on it with the common patience
+    (by `early_stopping`, the key the CLI adds after `trainer.callbacks`)."""
     callbacks = spec["trainer"]["callbacks"]
     checkpoints = [c["init_args"] for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
-    stopping = [c["init_args"] for c in callbacks if c["class_path"].endswith("EarlyStopping")]
-    assert len(checkpoints) == 1 and len(stopping) == 1, callbacks
+    assert not [c for c in callbacks if c["class_path"].endswith("EarlyStopping")], callbacks
+    assert spec["early_stopping"]["class_path"] == "callbacks.early_stopping.WarmupEarlyStopping"
+    stopping = [spec["early_stopping"]["init_args"]]
+    assert len(checkpoints) == 1, callbacks
     assert checkpoints[0]["monitor"] == "val/ctr@10" and checkpoints[0]["mode"] == "max" and checkpoints[0]["save_top_k"] == 1
     assert stopping[0]["monitor"] == "val/ctr@10" and stopping[0]["mode"] == "max" and stopping[0]["patience"] == reproduce.PATIENCE
 

@@ -14,7 +14,7 @@ import yaml
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lit_rec.networks import EncoderConfig
-from lit_rec.cli import make_cli
+from lit_rec.cli import make_cli, method_config
 from lit_rec.federated import FederatedStats, Server, ServerStep
 from lit_rec.federated.gradients import client_rows, client_shares, per_client_gradients, send_per_version, write_flat_gradient
 from lit_rec.functional.a2c import window_a2c_loss
@@ -42,7 +42,7 @@ def one_torch_thread():
 
 def _config(tmp_path: Path, name: str, every_n_train_steps: int = 100) -> Path:
     """A copy of a shipped config whose periodic checkpoints go to `tmp_path/ckpt` every `every_n_train_steps` steps."""
-    config = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+    config = method_config(ROOT / "configs" / f"{name}.yaml")
     for callback in config["trainer"]["callbacks"]:
         if callback["class_path"].endswith("ModelCheckpoint") and "monitor" not in callback["init_args"]:
             callback["init_args"].update(every_n_train_steps=every_n_train_steps, dirpath=str(tmp_path / "ckpt"))

@@ -31,10 +31,11 @@ def one_thread():
     torch.use_deterministic_algorithms(deterministic)
 
 
-def callbacks(checkpoint: dict | None = None) -> str:
-    """`--trainer.callbacks=` with no callback or, when given, only a ModelCheckpoint (the module syncs its own targets)."""
+def callbacks(checkpoint: dict | None = None) -> list[str]:
+    """`--trainer.callbacks=` with no callback or, when given, only a ModelCheckpoint (the module syncs its own
+    targets), and no early stopping."""
     chosen = [] if checkpoint is None else [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": checkpoint}]
-    return "--trainer.callbacks=" + json.dumps(chosen)
+    return ["--trainer.callbacks=" + json.dumps(chosen), "--early_stopping=null"]
 
 
 def hard_target_every(n: int) -> list[str]:
@@ -149,7 +150,7 @@ def test_sampled_softmax_scores_the_logged_item_and_a_shared_sample() -> None:
 @pytest.mark.slow
 def test_dqn_beats_popularity_on_synthetic_data(tmp_path: Path) -> None:
     # batches of 64 windows: 26 steps an epoch
-    model = fit("dqn", tmp_path, "--trainer.max_epochs=4", "--data.batch_size=64", callbacks(checkpoint={"dirpath": str(tmp_path / "ckpt"), "save_last": True}),
+    model = fit("dqn", tmp_path, "--trainer.max_epochs=4", "--data.batch_size=64", *callbacks(checkpoint={"dirpath": str(tmp_path / "ckpt"), "save_last": True}),
                 *hard_target_every(100))
     metrics = model.last_metrics
     assert metrics["val/ctr@10"] > metrics["val/pop_ctr@10"] + 0.01, metrics
@@ -164,7 +165,7 @@ def test_dqn_beats_popularity_on_synthetic_data(tmp_path: Path) -> None:
 def test_ddqn_fits_and_its_target_network_follows_with_no_callback_attached(tmp_path: Path, softmax: str) -> None:
     model = fit(
         "ddqn", tmp_path, "--trainer.max_steps=4", "--trainer.limit_val_batches=1", "--trainer.enable_checkpointing=false",
-        callbacks(), *hard_target_every(3), f"--model.init_args.softmax={softmax}", "--model.init_args.sampled_negatives=50",
+        *callbacks(), *hard_target_every(3), f"--model.init_args.softmax={softmax}", "--model.init_args.sampled_negatives=50",
     )
     assert not any(type(c).__module__.startswith("callbacks") for c in model.trainer.callbacks)
     assert model.double and model.trainer.global_step == 4
@@ -190,11 +191,11 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path: Path, config: str
     # order, so even two uninterrupted runs would differ in the last bits.
     common = ["--trainer.max_epochs=2", "--trainer.deterministic=true", "--data.batch_size=64", "--model.init_args.encoder.dropout=0.1"]
     every_10 = {"every_n_train_steps": 10, "save_top_k": -1, "filename": "{step}"}
-    whole = fit(config, tmp_path / "whole", *common, callbacks({**every_10, "dirpath": str(tmp_path / "whole_ckpt")}), *hard_target_every(5))
+    whole = fit(config, tmp_path / "whole", *common, *callbacks({**every_10, "dirpath": str(tmp_path / "whole_ckpt")}), *hard_target_every(5))
     checkpoint = tmp_path / "whole_ckpt" / "step=10.ckpt"
     assert checkpoint.exists()
     resumed = fit(
-        config, tmp_path / "resumed", *common, callbacks({**every_10, "dirpath": str(tmp_path / "resumed_ckpt")}), *hard_target_every(5),
+        config, tmp_path / "resumed", *common, *callbacks({**every_10, "dirpath": str(tmp_path / "resumed_ckpt")}), *hard_target_every(5),
         f"--ckpt_path={checkpoint}",
     )
     assert resumed.trainer.global_step == whole.trainer.global_step == 2 * 26

@@ -12,7 +12,7 @@ import yaml
 
 from callbacks.model_stats import ModelStatsLogger
 from lit_rec.networks import EncoderConfig
-from lit_rec.cli import make_cli
+from lit_rec.cli import make_cli, method_config
 from lit_rec.modules.dqn import DQN
 from lit_rec.modules.drlrec import DRLRecStudent
 from lit_rec.serving import num_parameters
@@ -239,7 +239,7 @@ TINY_RL = ["--model.init_args.full_ranking=false"]
 
 def tiny_config(tmp_path: Path, name: str, ckpt_dir: Path | None = None, every_n_steps: int = 1000, confidence: str = "batch_max") -> Path:
     """A shipped config with its checkpoint schedule and confidence formula adjusted for a test."""
-    spec = yaml.safe_load((ROOT / "configs" / name).read_text())
+    spec = method_config(ROOT / "configs" / name)
     for callback in spec["trainer"]["callbacks"]:
         if callback["class_path"].endswith("ModelCheckpoint") and "monitor" not in callback.get("init_args", {}):
             callback["init_args"] = {"every_n_train_steps": every_n_steps, "save_last": True, "dirpath": str(ckpt_dir or tmp_path / "ckpt")}
