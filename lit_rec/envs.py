@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lit_rec.functional.next_item import window_targets
 from lit_rec.sampling import SeededGenerator
 
 
@@ -38,9 +39,9 @@ def replay_windows(history: Tensor, item: Tensor, index: Tensor, valid: Tensor) 
     new = valid.sum(-1)  # events of each row that exist
     last = index.gather(-1, (new - 1).clamp_min(0).unsqueeze(-1)).squeeze(-1)
     window = history[last]  # (..., L): the L items before the row's last event
-    targets = torch.cat([window[..., 1:], item[last].unsqueeze(-1)], dim=-1)
+    targets, has_item = window_targets(window, item[last])  # the same targets as the Q-learners' window batches
     counted = torch.arange(length, device=history.device) >= (length - new).unsqueeze(-1)
-    return window, targets, counted & (targets > 0)
+    return window, targets, counted & has_item
 
 
 class ExcludedItemSampler:

@@ -19,13 +19,14 @@ SOFTMAX = ("full", "sampled")
 
 
 def window_targets(history: Tensor, item: Tensor) -> tuple[Tensor, Tensor]:
-    """`(targets (B, L), mask (B, L))`: the logged next item after every prefix, and the prefixes whose next item exists.
+    """`(targets (..., L), mask (..., L))`: the logged next item after every prefix, and the prefixes whose next item exists.
 
-    The prefix before a user's first item is empty (a PAD input): its target is the first item, so
-    every train event is a target once and the empty-history state (a cold user's) is trained too.
+    `history (..., L)` is a window's items before its last `item (...)`. The prefix before a user's
+    first item is empty (a PAD input): its target is the first item, so every train event is a target
+    once and the empty-history state (a cold user's) is trained too.
     """
-    assert history.dim() == 2 and item.shape == history.shape[:1], f"history (B, L) and item (B,) expected, got {history.shape}, {item.shape}"
-    targets = torch.cat([history[:, 1:], item.unsqueeze(1)], dim=1)
+    assert history.dim() >= 1 and item.shape == history.shape[:-1], f"history (..., L) and item (...) expected, got {history.shape}, {item.shape}"
+    targets = torch.cat([history[..., 1:], item.unsqueeze(-1)], dim=-1)
     return targets, targets > 0
 
 
