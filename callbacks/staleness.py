@@ -22,8 +22,9 @@ class StalenessCallback(L.Callback):
     `staleness/dropped_frac` (dropped / reported, cumulative over the run), `federated/updates`
     (accepted client updates so far), `federated/clients` (clients reporting this step) and, with
     differential privacy, `privacy/epsilon` (spent so far at the module's delta); every
-    `histogram_every_n_steps` steps it draws the Δ histogram of those steps in W&B (rank 0, only
-    when a WandbLogger is attached). Counters and the pending histogram are in `state_dict`, so a
+    `histogram_every_n_steps` steps, and at every validation during a fit, it draws the Δ histogram of
+    the steps since the last one in W&B (rank 0, only when a WandbLogger is attached), so even a short
+    run gets one per validation. Counters and the pending histogram are in `state_dict`, so a
     resumed run continues them. Other modules (no `FederatedStats`) are skipped quietly.
     """
 
@@ -68,6 +69,11 @@ class StalenessCallback(L.Callback):
         for name, value in values.items():
             pl_module.log(name, value, on_step=True, on_epoch=False)
         if trainer.global_step % self.histogram_every_n_steps == 0:
+            self._log_histogram(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Draws the steps' Δ histogram since the last one, so every validation of a fit has one."""
+        if int(self.counts.sum()) > 0:
             self._log_histogram(trainer)
 
     def _log_histogram(self, trainer: L.Trainer) -> None:

@@ -75,3 +75,21 @@ def test_histogram_is_skipped_quietly_without_wandb_and_drawn_with_it(tmp_path, 
     monkeypatch.setattr(type(logger), "experiment", property(lambda self: SimpleNamespace(log=lambda data, **kw: logged.append(data))))
     callback.on_train_batch_end(_trainer(4, [logger]), module, None, None, 1)
     assert len(logged) == 1 and "staleness/histogram" in logged[0]
+
+
+def test_every_validation_draws_the_histogram_of_the_steps_since_the_last(tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import WandbLogger
+
+    logged = []
+    logger = WandbLogger(save_dir=str(tmp_path), mode="disabled")
+    monkeypatch.setattr(type(logger), "experiment", property(lambda self: SimpleNamespace(log=lambda data, **kw: logged.append(data))))
+    callback = StalenessCallback(histogram_every_n_steps=10_000, histogram_bins=4)  # far longer than this run
+    module = _Module(_stats([0, 1, 1], 0, 3))
+    for step in (1, 2, 3):
+        callback.on_train_batch_end(_trainer(step, [logger]), module, None, None, step - 1)
+    assert logged == []
+    trainer = SimpleNamespace(global_step=3, loggers=[logger], is_global_zero=True)
+    callback.on_validation_start(trainer, module)
+    assert len(logged) == 1 and "staleness/histogram" in logged[0] and callback.counts.sum() == 0
+    callback.on_validation_start(trainer, module)  # nothing new since: no empty histogram
+    assert len(logged) == 1
