@@ -37,14 +37,17 @@ class CTRLogger(L.Callback):
         self.print_table = print_table
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Makes `train/episodes` the x-axis of the training CTR curve in W&B."""
+        """Makes `train/episodes` the x-axis of the training CTR curve in W&B, and `trainer/global_step` that of
+        every validation metric (a metric defined by name loses the logger's `*` default, so `val/ctr@k`,
+        whose summary is its max, names its step metric again)."""
         wandb_logger = find_wandb_logger(trainer)
         if wandb_logger is not None and trainer.is_global_zero:
             run = wandb_logger.experiment
             run.define_metric("train/episodes")
             run.define_metric("train/ctr", step_metric="train/episodes")
+            run.define_metric("val/*", step_metric="trainer/global_step")
             for k in getattr(pl_module, "eval_ks", []):
-                run.define_metric(f"val/ctr@{k}", summary="max")
+                run.define_metric(f"val/ctr@{k}", step_metric="trainer/global_step", summary="max")
 
     def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
