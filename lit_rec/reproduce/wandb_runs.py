@@ -50,9 +50,16 @@ def annotate_run(trainer: Any, settings: Settings, method: Method, seed: int, re
                         "stopped_by": result.stopped_by})
 
 
+def ctr_by_method(rows: list[dict[str, Any]]) -> tuple[list[int], list[list[float]], list[str]]:
+    """Table 1's test CTR@k as line series: the ks, one list of CTRs per method with every k, the methods' names."""
+    complete = [r for r in rows if all(isinstance(r.get(f"ctr@{k}"), (int, float)) for k in KS)]
+    return list(KS), [[float(r[f"ctr@{k}"]) for k in KS] for r in complete], [str(r["method"]) for r in complete]
+
+
 def report_run(settings: Settings, meta: dict[str, Any], rows: list[dict[str, Any]], figure: Path,
                distill: dict[str, Any] | None) -> None:
-    """One more run in the group (`job_type` report) holding Table 1, Figure 2 and the distillation table."""
+    """One more run in the group (`job_type` report) holding Table 1 (and its CTR@k as a W&B line chart, one line per
+    method), Figure 2 and the distillation table."""
     if settings.wandb in ("none", "disabled"):
         return
     import wandb
@@ -62,7 +69,9 @@ def report_run(settings: Settings, meta: dict[str, Any], rows: list[dict[str, An
     run = wandb.init(project=settings.project, group=settings.group, name="report", job_type="report",
                      dir=str(folder), mode=settings.wandb, tags=[settings.budget, settings.dataset],
                      config={"reproduce": meta})
+    ks, ctrs, methods = ctr_by_method(rows)
     run.log({
+        "ctr_by_method": wandb.plot.line_series(xs=ks, ys=ctrs, keys=methods, title="Test CTR@k by method", xname="k"),
         "table1": wandb.Table(columns=TABLE1_COLUMNS, data=[[r["method"], *(r.get(c) for c in TABLE1_COLUMNS[1:])]
                                                              for r in rows]),
         "fig2_ctr": wandb.Image(str(figure)),

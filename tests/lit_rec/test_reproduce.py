@@ -281,3 +281,14 @@ def test_a_bad_run_argument_stops_the_reproduction_with_the_cli_error(tmp_path: 
     err = capsys.readouterr().err.splitlines()
     assert err[-1] == f"error: bad arguments (code 2); see {out}/logs"
     assert err[-2].startswith("[reproduce] Popularity seed 0: ") and "no_such_key" in err[-2], err
+
+
+def test_the_report_charts_every_complete_row_as_one_line_per_method() -> None:
+    from lit_rec.reproduce.wandb_runs import ctr_by_method
+
+    rows = [{"method": "Random", **{f"ctr@{k}": 1 / (k + 1) for k in reproduce.KS}},
+            {"method": "DQN", **{f"ctr@{k}": 0.5 for k in reproduce.KS}},
+            {"method": "Failed", "ctr@1": None}]
+    ks, ctrs, methods = ctr_by_method(rows)
+    assert ks == list(reproduce.KS) and methods == ["Random", "DQN"]
+    assert ctrs[0] == [1 / (k + 1) for k in reproduce.KS] and ctrs[1] == [0.5] * len(reproduce.KS)
