@@ -146,6 +146,9 @@ def prepare(config: PandasConfig) -> PandasPrepared:
     item_codes, item_uniques = pd.factorize(raw["item"])
     raw = pd.DataFrame({"u": user_codes, "i": item_codes, "ts": raw["ts"].to_numpy("int64"),
                         "row": raw["row"].to_numpy(), "rating": raw["rating"].to_numpy()})
+    before = len(raw)
+    raw = raw.drop_duplicates(["u", "i", "ts", "rating"], keep="first")  # the same event logged twice
+    dropped["exact_duplicate"] += before - len(raw)
     touched = raw[["u", "i"]].drop_duplicates()
 
     positive = (raw["rating"] >= config.positive_threshold).to_numpy()

@@ -1,7 +1,8 @@
 """The one Polars pipeline: canonical log -> cleaned, re-indexed, split events with frozen negatives (cached).
 
-Steps, for every format alike: drop rows with a null user/item/ts (or rating); keep
-positives (rating >= threshold, or every row when there is no rating); drop repeated
+Steps, for every format alike: drop rows with a null user/item/ts (or rating); drop exact
+duplicates (the same event logged twice: user, item, ts and rating equal; the first in file order
+stays); keep positives (rating >= threshold, or every row when there is no rating); drop repeated
 (user, item) positives keeping the first chronologically; iterative k-core; re-index
 (users 0..U-1, items 1..I by sorted original id, numerically when all ids are integers);
 chronological order (ts, then file order `row`); split; frozen negatives. Positives are
@@ -30,7 +31,7 @@ from datamodules.negatives import sample_unseen
 from datamodules.readers import Source
 from datamodules.synthetic import SyntheticConfig, simulate
 
-PIPELINE_VERSION = 3  # bump when the prepared frames change meaning or layout
+PIPELINE_VERSION = 4  # bump when the prepared frames change meaning or layout
 TRAIN, VAL, TEST = 0, 1, 2
 SPLIT_NAMES = {TRAIN: "train", VAL: "val", TEST: "test"}
 DROP_REASONS = {
@@ -38,8 +39,9 @@ DROP_REASONS = {
     "null_item": "with a null item",
     "null_ts": "with a null timestamp",
     "null_rating": "with a null rating",
+    "exact_duplicate": "logged twice (same user, item, timestamp and rating; kept the first)",
     "below_threshold": "with a rating below the positive threshold",
-    "duplicate": "repeating a (user, item) positive (kept the first)",
+    "duplicate": "repeating a (user, item) positive (kept the first)",  # a later interaction, not a copy
     "k_core": "removed by the k-core filter (min_user/min_item_interactions)",
 }
 
@@ -133,6 +135,7 @@ def _prepare(config: PipelineConfig) -> Prepared:
     dropped = dict.fromkeys(DROP_REASONS, 0)
     raw = drop_nulls(read_canonical(config), dropped)
     raw, user_ids, item_ids = encode_ids(raw)
+    raw = drop_exact_duplicates(raw, dropped)
     touched = touched_pairs(raw, user_ids.len(), item_ids.len())  # every logged pair: frozen negatives avoid them all
     events = select_positives(raw, config.threshold, dropped)
     events = dedupe(events, dropped)
@@ -163,6 +166,14 @@ def drop_nulls(frame: pl.DataFrame, dropped: dict[str, int]) -> pl.DataFrame:
             frame = frame.filter(pl.col(column).is_not_null())
             dropped[f"null_{column}"] += before - frame.height
     return frame
+
+
+def drop_exact_duplicates(frame: pl.DataFrame, dropped: dict[str, int]) -> pl.DataFrame:
+    """Drops rows equal to an earlier one in every canonical column but the file order `row` (the same event
+    logged twice), before positives and the (user, item) dedupe, so a copy is never counted as a repeat."""
+    kept = frame.filter(pl.struct(pl.exclude("row")).is_first_distinct())
+    dropped["exact_duplicate"] += frame.height - kept.height
+    return kept
 
 
 def select_positives(frame: pl.DataFrame, threshold: float, dropped: dict[str, int]) -> pl.DataFrame:

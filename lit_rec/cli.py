@@ -19,6 +19,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from datamodules import DataError, RecDataModule
 from lit_rec.checkpoints import CheckpointError, check_ckpt_path
+from lit_rec.config_files import shipped_config
 from lit_rec.modules.base import RecModule
 from lit_rec.runtime import keep_large_buffers_on_heap
 
@@ -28,7 +29,7 @@ DEFAULT_LOGGER = {
 }
 # the callbacks group every method shares (both ModelCheckpoints, the loggers, early stopping): read before each
 # subcommand's `--config`, so a method file only appends its own (`trainer: callbacks+: [...]`)
-DEFAULT_CALLBACKS = Path(__file__).resolve().parents[1] / "configs" / "callbacks" / "default.yaml"
+DEFAULT_CALLBACKS = shipped_config("callbacks/default.yaml")  # the checkout's configs/ or the wheel's lit_rec/configs
 
 
 class LogConfigCallback(SaveConfigCallback):

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from lit_rec.config_files import shipped_config
 from lit_rec.reproduce.curves import CurveRecorder, best_epoch
 from lit_rec.reproduce.methods import MIN_EPOCHS, MONITOR, PATIENCE, ROOT, Method
 from lit_rec.reproduce.wandb_runs import annotate_run, logger_spec
@@ -74,7 +75,8 @@ def run_spec(settings: Settings, method: Method, seed: int) -> dict[str, Any]:
     seed, budget, logger and callbacks."""
     from lit_rec.cli import method_config
 
-    spec = method_config(ROOT / method.config)
+    path = Path(method.config)  # configs/<x> is a shipped config, found in an installed wheel too
+    spec = method_config(shipped_config(path.relative_to("configs")) if path.parts[:1] == ("configs",) else ROOT / path)
     spec["seed_everything"] = seed
     init = spec["model"].setdefault("init_args", {})
     if "seed" in init:

@@ -93,8 +93,8 @@ def test_positives_dedupe_k_core_and_dropped_counts(tmp_path: Path, make_dm) -> 
     dm = make_dm(format="csv", path=_log(tmp_path / "log.csv", rows), rating_col="rating",
                  positive_threshold=4, min_user_interactions=2, min_item_interactions=2, test_fraction=1,
                  val_fraction=0, eval_ks=[1])
-    assert dm.dropped == {"null_user": 0, "null_item": 0, "null_ts": 0, "null_rating": 1, "below_threshold": 2,
-                          "duplicate": 1, "k_core": 2}
+    assert dm.dropped == {"null_user": 0, "null_item": 0, "null_ts": 0, "null_rating": 1, "exact_duplicate": 0,
+                          "below_threshold": 2, "duplicate": 1, "k_core": 2}
     events = dm.prepared.events
     assert (dm.num_users, dm.num_items) == (4, 4)
     assert dm.tensors.item_ids == ["<PAD>", "u", "v", "x", "y"]
@@ -111,6 +111,31 @@ def test_positives_dedupe_k_core_and_dropped_counts(tmp_path: Path, make_dm) -> 
         "dropped 2 rows removed by the k-core filter (min_user/min_item_interactions)",
     ]
     assert "dropped 2 rows" in " ".join(dm.describe())
+
+
+def test_exact_duplicates_counted_apart_from_repeat_interactions(tmp_path: Path, make_dm) -> None:
+    rows = [
+        ("A", "x", 1, 5), ("A", "y", 2, 5), ("A", "z", 3, 5),
+        ("A", "x", 1, 5),  # the same event logged twice: an exact duplicate
+        ("A", "x", 1, 5),  # and a third time
+        ("A", "y", 7, 5),  # a later repeat of A-y: a repeat interaction
+        ("A", "z", 3, 4),  # same user, item and time, another rating: a repeat, not a copy
+        ("B", "w", 4, 2), ("B", "w", 4, 2),  # a copied row below the threshold is still a copy
+        ("B", "x", 5, 5), ("B", "y", 6, 5), ("B", "z", 8, 5),
+        ("C", "u", 10, 5), ("C", "v", 11, 5),  # items A and B never touched: their negatives
+    ]
+    dm = make_dm(format="csv", path=_log(tmp_path / "log.csv", rows), rating_col="rating", positive_threshold=4,
+                 test_fraction=1, val_fraction=0, eval_ks=[1])
+    assert dm.dropped == {"null_user": 0, "null_item": 0, "null_ts": 0, "null_rating": 0, "exact_duplicate": 3,
+                          "below_threshold": 1, "duplicate": 2, "k_core": 0}
+    assert dm.statistics()["dropped"] == dm.dropped == dm.tensors.dropped
+    assert dm.prepared.events.sort("user", "pos")["row"].to_list() == [0, 1, 2, 9, 10, 11, 12, 13]
+    assert format_dropped(dm.dropped)[0] == (
+        "dropped 3 rows logged twice (same user, item, timestamp and rating; kept the first)")
+    # the columns read are compared: without rating_col the two A-z rows at ts 3 are copies too
+    clicks = make_dm(format="csv", path=_log(tmp_path / "clicks.csv", rows), test_fraction=1, val_fraction=0,
+                     eval_ks=[1], cache_dir=str(tmp_path / "clicks_cache"))
+    assert (clicks.dropped["exact_duplicate"], clicks.dropped["duplicate"]) == (4, 1)
 
 
 def test_reindex_sorts_integer_ids_numerically(tmp_path: Path, make_dm) -> None:

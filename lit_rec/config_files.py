@@ -1,0 +1,48 @@
+"""The shipped configs by name: `--config dqn` is configs/dqn.yaml, in a checkout or in an installed wheel."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def config_dir() -> Path:
+    """The shipped configs folder: `lit_rec/configs` in an installed wheel (its package data), else the
+    checkout's `configs/` beside `lit_rec/`."""
+    package = Path(__file__).resolve().parent
+    installed = package / "configs"
+    return installed if installed.is_dir() else package.parent / "configs"
+
+
+def shipped_config(relative: str | Path) -> Path:
+    """A shipped file by its path under configs/, e.g. `callbacks/default.yaml`."""
+    return config_dir() / relative
+
+
+def resolve_config(value: str) -> str:
+    """A `--config` value as the CLI should read it: a bare name (no `/`, no `.yaml`), e.g. `dqn`, is the shipped
+    configs/<name>.yaml unless a file of that name is in the working folder; anything else is left as given.
+
+    Raises FileNotFoundError for a bare name that is neither, naming the shipped configs."""
+    if not _NAME.fullmatch(value) or value.endswith((".yaml", ".yml")) or Path(value).exists():
+        return value
+    path = shipped_config(f"{value}.yaml")
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in config_dir().glob("*.yaml")))
+        raise FileNotFoundError(f"--config {value}: expected a config file or a shipped config name ({names}), "
+                                f"found neither")
+    return str(path)
+
+
+def resolve_config_args(args: list[str]) -> list[str]:
+    """`args` with each `--config`/`-c` value passed through `resolve_config` (both `--config X` and `--config=X`)."""
+    resolved = list(args)
+    for i, arg in enumerate(resolved):
+        flag, eq, value = arg.partition("=")
+        if flag in ("--config", "-c") and eq:
+            resolved[i] = f"{flag}={resolve_config(value)}"
+        elif arg in ("--config", "-c") and i + 1 < len(resolved):
+            resolved[i + 1] = resolve_config(resolved[i + 1])
+    return resolved
