@@ -19,7 +19,7 @@ CLASS_PROBLEM = re.compile(r'Parser key "(?P<key>[^"]+)":.*?Problem with given c
                            r'(?P<inner>(?:        [^\n]*\n?)+)', re.S)
 UNKNOWN_IN_CLASS = re.compile(r"^\s*(?:Option '(?P<opt>[^']+)' is not accepted|unrecognized arguments: --(?P<arg>[^\s=]+))")
 UNRECOGNIZED = re.compile(r"^unrecognized arguments: (?P<args>.*)")
-GROUP_OPTION = re.compile(r"^Group '(?P<group>[^']+)' does not accept option '(?P<opt>[^']+)'")
+GROUP_OPTION = re.compile(r"^(?:Group '(?P<group>[^']+)'|Subcommand '[^']+') does not accept option '(?P<opt>[^']+)'")
 # keys LightningCLI offers elsewhere that lit_rec leaves out, and why
 NOT_KEYS = {name: ": every lit_rec method builds its own optimiser (`--model.init_args.lr`, ...)"
             for name in ("optimizer", "lr_scheduler")}
@@ -56,7 +56,7 @@ def short_parse_error(message: str, parser: ArgumentParser, args: list[str]) -> 
     if unrecognized:
         flag = next((a for a in unrecognized["args"].split() if a.startswith("-")), unrecognized["args"])
         name = flag.lstrip("-").split("=", 1)[0]
-        return _render(flag.split("=", 1)[0], "on the command line", "a key" + NOT_KEYS.get(name, ""),
+        return _render(flag.split("=", 1)[0], "on the command line", "a key" + NOT_KEYS.get(name.split(".")[0], ""),
                        ["--" + k for k in _closest(name, keys)], tip)
     option = GROUP_OPTION.match(first) or TOP_OPTION.match(first)
     if option:
