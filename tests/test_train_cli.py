@@ -189,7 +189,20 @@ def test_full_usage_only_with_help(capsys: pytest.CaptureFixture) -> None:
     assert "--trainer.max_steps" in out and "--data.history_len" in out and "--optimizer" not in out
 
 
-def test_a_typo_in_a_real_process_is_short(tmp_path: Path) -> None:
-    result = run_train(["fit", "--config", str(ROOT / "configs/dqn.yaml"), "--model.init_args.lrr=0.1"], cwd=tmp_path)
+def test_a_typo_in_a_real_process_is_short_and_as_the_readme_shows(tmp_path: Path) -> None:
+    command = "python train.py fit --config configs/dqn.yaml --model.init_args.lrr=0.1"
+    readme = (ROOT / "README.md").read_text()
+    shown = readme.split(f"$ {command}\n", 1)[1].split("```", 1)[0]
+    result = run_train(command.split()[2:], cwd=ROOT)
     _assert_short(result.returncode, result.stderr, "--model.init_args.lrr", "did you mean --model.init_args.lr?")
     assert "Traceback" not in result.stderr
+    assert result.stderr == shown
+
+
+def test_a_method_s_keys_are_listed_with_types_and_defaults(capsys: pytest.CaptureFixture) -> None:
+    """README: `train.py fit --model.help lit_rec.modules.linucb.LinUCB`."""
+    with pytest.raises(SystemExit) as exit_info:
+        make_cli(["fit", "--model.help", "lit_rec.modules.linucb.LinUCB"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "--model.alpha ALPHA" in out and "(type: float, default: 0.5)" in out
