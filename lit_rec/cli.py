@@ -14,8 +14,8 @@ from typing import Any
 import torch
 import lightning as L
 import yaml
-from lightning.pytorch.callbacks import EarlyStopping
 from jsonargparse import ArgumentError
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from datamodules import DataError, RecDataModule
@@ -72,7 +72,6 @@ class LitRecCLI(LightningCLI):
         if subcommand:
             check_ckpt_path(self.config[subcommand].get("ckpt_path"))
 
-
     def _parse_or_exit_short(self, parser: Any, args: Any) -> None:
         """LightningCLI's parse; a bad key or value is a short paragraph on stderr and exit code 2
         (`lit_rec.cli_errors`; `LIT_REC_DEBUG=1` raises jsonargparse's full message)."""
@@ -81,7 +80,7 @@ class LitRecCLI(LightningCLI):
         except ArgumentError as error:
             if os.environ.get("LIT_REC_DEBUG") == "1":
                 raise
-            argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+            argv = list(sys.argv[1:] if args is None else args if isinstance(args, (list, tuple)) else [])
             subcommand = next((a for a in argv if a in getattr(self, "_subcommand_parsers", {})), None)
             print(short_parse_error(str(error), self._subcommand_parsers[subcommand] if subcommand else parser, argv),
                   file=sys.stderr)

@@ -45,8 +45,8 @@ def short_parse_error(message: str, parser: ArgumentParser, args: list[str]) -> 
             prefix = flag[2:].removesuffix(name)  # as typed: `model.init_args.` or `model.`
             where, shown, close = "on the command line", flag, [f"--{prefix}{k}" for k in _closest(name, keys)]
         else:
-            where = _config_location(args, [parent, "init_args", *name.split(".")]) \
-                or _config_location(args, [parent, *name.split(".")]) or "in a config file"
+            where = _config_location(parser, args, [parent, "init_args", *name.split(".")]) \
+                or _config_location(parser, args, [parent, *name.split(".")]) or "in a config file"
             shown, close = f"{parent}.init_args.{name}", [f"{parent}.init_args.{k}" for k in _closest(name, keys)]
         tip = f"tip: `{prog} --{parent}.help {class_path}` lists its keys"
         return _render(shown, where, f"a key of {class_path}", close, tip)
@@ -61,7 +61,7 @@ def short_parse_error(message: str, parser: ArgumentParser, args: list[str]) -> 
     option = GROUP_OPTION.match(first) or TOP_OPTION.match(first)
     if option:
         name = ".".join(filter(None, [option.groupdict().get("group"), option["opt"]]))
-        where = _config_location(args, name.split(".")) or "in a config file"
+        where = _config_location(parser, args, name.split(".")) or "in a config file"
         return _render(name, where, "a key", _closest(name, keys), tip)
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     return "error: " + re.sub(r'Parser key "([^"]+)":', r"\1:", " ".join(lines[:3])) + f"\n{tip}"
@@ -108,11 +108,11 @@ def _flag_for(args: list[str], parent: str, name: str) -> str | None:
     return None
 
 
-def _config_location(args: list[str], path: list[str]) -> str | None:
-    """`FILE, line N` of the last config file in `args` that sets the key `path` (`--config FILE`, or a group
-    file `--data FILE` for the keys under `data`)."""
+def _config_location(parser: ArgumentParser, args: list[str], path: list[str]) -> str | None:
+    """`FILE, line N` of the last config file that sets the key `path`: the parser's default config files, then
+    those of `args` (`--config FILE`, or a group file `--data FILE` for the keys under `data`)."""
     found = None
-    for flag, file in _config_files(args):
+    for flag, file in [("--config", str(f)) for f in parser.default_config_files or []] + _config_files(args):
         inner = path if flag in CONFIG_FLAGS else path[1:] if path[0] == flag[2:] else None
         line = _yaml_line(Path(file), inner) if inner else None
         if line:
