@@ -14,11 +14,13 @@ from typing import Any
 import torch
 import lightning as L
 import yaml
+from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from datamodules import DataError, RecDataModule
 from lit_rec.checkpoints import CheckpointError, check_ckpt_path
+from lit_rec.cli_errors import short_parse_error
 from lit_rec.config_files import shipped_config
 from lit_rec.modules.base import RecModule
 from lit_rec.runtime import keep_large_buffers_on_heap
@@ -60,12 +62,30 @@ class LitRecCLI(LightningCLI):
         """`--early_stopping=null` runs without early stopping (LightningCLI would pass the None on)."""
         return super()._instantiate_trainer(config, [c for c in callbacks if c is not None])
 
+    def init_parser(self, **kwargs: Any) -> Any:
+        """A parser that raises ArgumentError instead of printing the full usage (`parse_arguments` shortens it)."""
+        return super().init_parser(**{"exit_on_error": False, **kwargs})
+
     def parse_arguments(self, parser: Any, args: Any) -> None:
         """Parses, then loads `--ckpt_path` once: a bad file is one line before Lightning reads it."""
-        super().parse_arguments(parser, args)
+        self._parse_or_exit_short(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand:
             check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+
+    def _parse_or_exit_short(self, parser: Any, args: Any) -> None:
+        """LightningCLI's parse; a bad key or value is a short paragraph on stderr and exit code 2
+        (`lit_rec.cli_errors`; `LIT_REC_DEBUG=1` raises jsonargparse's full message)."""
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            if os.environ.get("LIT_REC_DEBUG") == "1":
+                raise
+            argv = list(sys.argv[1:] if args is None else args if isinstance(args, (list, tuple)) else [])
+            subcommand = next((a for a in argv if a in getattr(self, "_subcommand_parsers", {})), None)
+            print(short_parse_error(str(error), self._subcommand_parsers[subcommand] if subcommand else parser, argv),
+                  file=sys.stderr)
+            sys.exit(2)
 
 
 def make_cli(args: list[str] | None = None, run: bool = True) -> LitRecCLI:
@@ -85,6 +105,7 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> LitRecCLI:
         trainer_defaults={"logger": DEFAULT_LOGGER, "plugins": [{"class_path": "lit_rec.checkpoints.AtomicCheckpointIO"}]},
         args=args,
         run=run,
+        auto_configure_optimizers=False,  # every lit_rec module owns its optimiser: no --optimizer/--lr_scheduler
     )
 
 

@@ -279,3 +279,14 @@ def test_a_method_file_may_change_the_group_s_early_stopping(tmp_path: Path) -> 
                     f"--data.cache_dir={tmp_path / 'cache'}"], run=False)
     built = cli.trainer.early_stopping_callback
     assert (built.patience, built.start_from_epoch, built.monitor) == (5, 5, MONITOR)
+
+
+@pytest.mark.parametrize("config", METHOD_CONFIGS, ids=lambda p: p.stem)
+def test_every_method_fits_with_the_data_s_history_len_and_negatives(config: Path, tmp_path: Path) -> None:
+    """The linked facts are used, not only passed: two training steps of every method with a non-default
+    `--data.history_len=20` and `--data.train_negatives=5`."""
+    cli = make_cli(["fit", "--config", str(config), *TINY_DATA, "--data.history_len=20", "--data.train_negatives=5",
+                    "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0",
+                    f"--trainer.default_root_dir={tmp_path}", f"--data.cache_dir={tmp_path / 'cache'}"])
+    assert (cli.model.history_len, cli.model.train_negatives) == (20, 5)
+    assert cli.trainer.state.finished

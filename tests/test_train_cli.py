@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_rec.cli import DEFAULT_CALLBACKS, make_cli, method_config
+from lit_rec.cli import DEFAULT_CALLBACKS, main, make_cli, method_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -96,3 +96,113 @@ def test_missing_path_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "nowhere" in result.stderr and "Traceback" not in result.stderr
+
+
+def _main_stderr(args: list[str], capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    """`train.py ARGS` in-process (lit_rec.cli.main): its exit code and stderr."""
+    monkeypatch.delenv("LIT_REC_DEBUG", raising=False)
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    return exit_info.value.code, capfd.readouterr().err
+
+
+def _assert_short(code: int, stderr: str, *expected: str) -> None:
+    """Exit 2 and at most 5 stderr lines, no usage, no Union-subtype report, each of `expected` in them."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and 1 <= len(lines) <= 5, stderr
+    assert lines[0].startswith("error: ") and "usage:" not in stderr and "Union" not in stderr, stderr
+    for text in expected:
+        assert text in stderr, (text, stderr)
+
+
+FLAG_TYPOS = {  # flag: (the key as named, the suggestion)
+    "model": ("--model.init_args.lrr=0.1", "--model.init_args.lr"),
+    "model-short": ("--model.gama=0.9", "--model.gamma"),
+    "model-nested": ("--model.init_args.encoder.dimm=8", "--model.init_args.encoder.dim"),
+    "trainer": ("--trainer.max_stepz=2", "--trainer.max_steps"),
+    "data": ("--data.histroy_len=20", "--data.history_len"),
+    "early_stopping": ("--early_stopping.patiense=2", "--early_stopping.patience"),
+}
+
+
+@pytest.mark.parametrize("case", FLAG_TYPOS, ids=str)
+def test_a_flag_typo_is_a_short_error_with_a_suggestion(case: str, capfd, monkeypatch) -> None:
+    flag, suggestion = FLAG_TYPOS[case]
+    code, stderr = _main_stderr(["fit", "--config", str(ROOT / "configs/dqn.yaml"), flag], capfd, monkeypatch)
+    _assert_short(code, stderr, flag.split("=")[0], "on the command line", f"did you mean {suggestion}")
+
+
+YAML_TYPOS = {  # YAML text: (the key as named, its line, the suggestion)
+    "model": ("model:\n  init_args:\n    gama: 0.9\n", "model.init_args.gama", 3, "model.init_args.gamma"),
+    "trainer": ("trainer:\n  max_epochs: 1\n  max_stepz: 2\n", "trainer.max_stepz", 3, "trainer.max_steps"),
+    "data": ("data:\n  histroy_len: 20\n", "data.histroy_len", 2, "data.history_len"),
+    "top": ("trainr:\n  max_steps: 2\n", "trainr.max_steps", 2, "trainer.max_steps"),
+}
+
+
+@pytest.mark.parametrize("case", YAML_TYPOS, ids=str)
+def test_a_yaml_typo_is_a_short_error_naming_file_and_line(case: str, tmp_path: Path, capfd, monkeypatch) -> None:
+    text, key, line, suggestion = YAML_TYPOS[case]
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(text)
+    code, stderr = _main_stderr(["fit", "--config", str(ROOT / "configs/dqn.yaml"), "--config", str(typo)],
+                                capfd, monkeypatch)
+    _assert_short(code, stderr, key, f"{typo}, line {line}", f"did you mean {suggestion}")
+
+
+def test_a_group_file_typo_names_the_group_file(tmp_path: Path, capfd, monkeypatch) -> None:
+    typo = tmp_path / "data.yaml"
+    typo.write_text("format: synthetic\nhistroy_len: 20\n")
+    code, stderr = _main_stderr(["fit", "--config", str(ROOT / "configs/linucb.yaml"), "--data", str(typo)],
+                                capfd, monkeypatch)
+    _assert_short(code, stderr, "data.histroy_len", f"{typo}, line 2", "did you mean data.history_len")
+
+
+def test_a_bad_value_is_a_short_error(capfd, monkeypatch) -> None:
+    code, stderr = _main_stderr(["fit", "--config", str(ROOT / "configs/dqn.yaml"), "--model.init_args.gamma=abc"],
+                                capfd, monkeypatch)
+    _assert_short(code, stderr, "model.init_args.gamma", "abc")
+    code, stderr = _main_stderr(["fit", "--config", str(ROOT / "configs/dqn.yaml"), "--trainer.max_steps=abc"],
+                                capfd, monkeypatch)
+    _assert_short(code, stderr, "trainer.max_steps", "abc")
+
+
+@pytest.mark.parametrize("flag", ["--optimizer=Adam", "--lr_scheduler=StepLR", "--optimizer.lr=0.1"])
+def test_optimizer_and_lr_scheduler_are_not_keys(flag: str, capfd, monkeypatch) -> None:
+    """Every lit_rec module owns its optimiser (DADRL's server Adam included): LightningCLI's would replace it."""
+    code, stderr = _main_stderr(["fit", "--config", str(ROOT / "configs/dadrl.yaml"), flag], capfd, monkeypatch)
+    _assert_short(code, stderr, flag.split("=")[0], "is not a key", "own optimiser")
+
+
+def test_print_config_has_no_optimizer_keys(capsys: pytest.CaptureFixture) -> None:
+    _print_config(["--config", str(ROOT / "configs/dadrl.yaml")])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert "optimizer" not in printed and "lr_scheduler" not in printed
+
+
+def test_full_usage_only_with_help(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        make_cli(["fit", "--help"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "--trainer.max_steps" in out and "--data.history_len" in out and "--optimizer" not in out
+
+
+def test_a_typo_in_a_real_process_is_short_and_as_the_readme_shows(tmp_path: Path) -> None:
+    command = "python train.py fit --config configs/dqn.yaml --model.init_args.lrr=0.1"
+    readme = (ROOT / "README.md").read_text()
+    shown = readme.split(f"$ {command}\n", 1)[1].split("```", 1)[0]
+    result = run_train(command.split()[2:], cwd=ROOT)
+    _assert_short(result.returncode, result.stderr, "--model.init_args.lrr", "did you mean --model.init_args.lr?")
+    assert "Traceback" not in result.stderr
+    assert result.stderr == shown
+
+
+def test_a_method_s_keys_are_listed_with_types_and_defaults(capsys: pytest.CaptureFixture) -> None:
+    """README: `train.py fit --model.help lit_rec.modules.linucb.LinUCB`."""
+    with pytest.raises(SystemExit) as exit_info:
+        make_cli(["fit", "--model.help", "lit_rec.modules.linucb.LinUCB"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "--model.alpha ALPHA" in out and "(type: float, default: 0.5)" in out

@@ -152,12 +152,13 @@ class Reproduction:
 
 
 def last_line(path: Path) -> str:
-    """The last non-empty line of a run's log (jsonargparse's error message on bad arguments)."""
+    """The last `error:` line of a run's log (the CLI's message on bad arguments), else its last non-empty line."""
     try:
         lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return ""
-    return lines[-1] if lines else ""
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or [""])[-1]
 
 
 def is_input_error(error: BaseException) -> bool:
