@@ -9,7 +9,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import lightning as L
@@ -18,8 +18,9 @@ from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from datamodules import DataError, RecDataModule
-from lit_rec.checkpoints import CheckpointError, check_ckpt_path
+from lit_rec.checkpoints import CheckpointError, check_ckpt_path, check_saved_data_path, saved_data_arguments
 from lit_rec.modules.base import RecModule
+from lit_rec.run_dir import free_path, run_dir
 from lit_rec.runtime import keep_large_buffers_on_heap
 
 DEFAULT_LOGGER = {
@@ -32,7 +33,22 @@ DEFAULT_CALLBACKS = Path(__file__).resolve().parents[1] / "configs" / "callbacks
 
 
 class LogConfigCallback(SaveConfigCallback):
-    """Saves `config.yaml` beside the run and sends the full resolved config to every logger."""
+    """Saves `config.yaml` in the run folder, beside its `checkpoints/` (`lit_rec.run_dir`), and sends the
+    full resolved config to every logger. A config already there is kept: the new one is `config-1.yaml`, ..."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Writes the config on rank 0 into the run folder (every rank resolves it: a broadcast) and prints its path."""
+        if self.already_saved:
+            return
+        folder = run_dir(trainer)
+        if trainer.is_global_zero:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = free_path(folder / self.config_filename)
+            self.parser.save(self.config, str(path), skip_none=False, multifile=self.multifile)
+            print(f"config: {path.resolve()}", file=sys.stderr)
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Logs the resolved CLI config as the run's hyper-parameters (the W&B run config)."""
@@ -60,11 +76,37 @@ class LitRecCLI(LightningCLI):
         return super()._instantiate_trainer(config, [c for c in callbacks if c is not None])
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
-        """Parses, then loads `--ckpt_path` once: a bad file is one line before Lightning reads it."""
+        """Parses, then loads `--ckpt_path` once: a bad file is one line before Lightning reads it; the data
+        arguments saved in it become the defaults (`_restore_data_arguments`)."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand:
-            check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+            checkpoint = check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+            self._restore_data_arguments(parser, args, subcommand, checkpoint)
+
+    def _restore_data_arguments(self, parser: Any, args: Any, subcommand: str, checkpoint: dict[str, Any] | None) -> None:
+        """A checkpoint is self-contained: the RecDataModule arguments of its fit are this subcommand's `data`
+        defaults, so what `--data...` or a `--config` sets still wins; parsed again with them."""
+        saved = saved_data_arguments(checkpoint)
+        if not saved:
+            return
+        self._subcommand_parsers[subcommand].set_defaults({f"data.{key}": value for key, value in saved.items()})
+        super().parse_arguments(parser, args)
+        check_saved_data_path(self.config[subcommand]["ckpt_path"], saved, self.config[subcommand]["data"])
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
+        """`predict` takes `--top_k N` (recommendations per user; the model's `predict_top_k` when not given)."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            parser.add_argument("--top_k", type=Optional[int], default=None,
+                                help="Recommendations per user (default: the model's predict_top_k, 10).")
+        return parser
+
+    def before_instantiate_classes(self) -> None:
+        """`predict --top_k N` sets the model's `predict_top_k` (checked by its constructor)."""
+        config = self.config.get(self.config.get("subcommand") or "", {})
+        if config.get("top_k") is not None:
+            config["model"]["init_args"]["predict_top_k"] = config["top_k"]
 
 
 def make_cli(args: list[str] | None = None, run: bool = True) -> LitRecCLI:
@@ -79,7 +121,6 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> LitRecCLI:
         subclass_mode_model=True,
         subclass_mode_data=False,
         save_config_callback=LogConfigCallback,
-        save_config_kwargs={"overwrite": True},
         parser_kwargs=parser_kwargs,
         trainer_defaults={"logger": DEFAULT_LOGGER, "plugins": [{"class_path": "lit_rec.checkpoints.AtomicCheckpointIO"}]},
         args=args,
