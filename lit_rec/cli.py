@@ -6,6 +6,7 @@ import copy
 import json
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -76,23 +77,28 @@ class LitRecCLI(LightningCLI):
         return super()._instantiate_trainer(config, [c for c in callbacks if c is not None])
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
-        """Parses, then loads `--ckpt_path` once: a bad file is one line before Lightning reads it; the data
-        arguments saved in it become the defaults (`_restore_data_arguments`)."""
-        super().parse_arguments(parser, args)
+        """Parses, then loads `--ckpt_path` once: a bad file is one line before Lightning reads it. The data
+        arguments saved in it become the defaults of a second parse (`_restore_data_arguments`); a
+        `--print_config` waits for that one."""
+        first = _without_print_config(args)
+        super().parse_arguments(parser, first)
         subcommand = self.config.get("subcommand")
-        if subcommand:
-            checkpoint = check_ckpt_path(self.config[subcommand].get("ckpt_path"))
-            self._restore_data_arguments(parser, args, subcommand, checkpoint)
-
-    def _restore_data_arguments(self, parser: Any, args: Any, subcommand: str, checkpoint: dict[str, Any] | None) -> None:
-        """A checkpoint is self-contained: the RecDataModule arguments of its fit are this subcommand's `data`
-        defaults, so what `--data...` or a `--config` sets still wins; parsed again with them."""
-        saved = saved_data_arguments(checkpoint)
-        if not saved:
+        if not subcommand:
             return
-        self._subcommand_parsers[subcommand].set_defaults({f"data.{key}": value for key, value in saved.items()})
-        super().parse_arguments(parser, args)
-        check_saved_data_path(self.config[subcommand]["ckpt_path"], saved, self.config[subcommand]["data"])
+        checkpoint = check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+        saved = self._restore_data_arguments(subcommand, checkpoint)
+        if saved or first is not args:
+            super().parse_arguments(parser, args)
+        if saved:
+            check_saved_data_path(self.config[subcommand]["ckpt_path"], saved, self.config[subcommand]["data"])
+
+    def _restore_data_arguments(self, subcommand: str, checkpoint: dict[str, Any] | None) -> dict[str, Any]:
+        """A checkpoint is self-contained: the RecDataModule arguments of its fit become this subcommand's
+        `data` defaults, so that what `--data...` or a `--config` sets still wins. Returns them ({}: none)."""
+        saved = saved_data_arguments(checkpoint)
+        if saved:
+            self._subcommand_parsers[subcommand].set_defaults({f"data.{key}": value for key, value in saved.items()})
+        return saved
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
         """`predict` takes `--top_k N` (recommendations per user; the model's `predict_top_k` when not given)."""
@@ -107,6 +113,24 @@ class LitRecCLI(LightningCLI):
         config = self.config.get(self.config.get("subcommand") or "", {})
         if config.get("top_k") is not None:
             config["model"]["init_args"]["predict_top_k"] = config["top_k"]
+
+
+def _without_print_config(args: Any) -> Any:
+    """`args` (sys.argv when None) less `--print_config[=flags]`, or `args` itself when it has none."""
+    argv = sys.argv[1:] if args is None else args
+    if not isinstance(argv, list) or not any(str(a).startswith("--print_config") for a in argv):
+        return args
+    kept: list[Any] = []
+    after_flag = False
+    for arg in argv:
+        text = str(arg)
+        if after_flag and re.fullmatch(r"[a-z_,]+", text):  # `--print_config comments`
+            after_flag = False
+            continue
+        after_flag = text == "--print_config"
+        if not text.startswith("--print_config"):
+            kept.append(arg)
+    return kept
 
 
 def make_cli(args: list[str] | None = None, run: bool = True) -> LitRecCLI:
