@@ -65,7 +65,7 @@ class PredictionWriter(BasePredictionWriter):
         target.parent.mkdir(parents=True, exist_ok=True)
         if trainer.world_size == 1:
             _write_atomic(frame, target)
-            print(f"predictions: {target.resolve()}")
+            _announce(trainer, target)
             return
         part = target.with_suffix(f".rank{trainer.global_rank}.parquet")
         _write_atomic(frame, part)
@@ -78,7 +78,7 @@ class PredictionWriter(BasePredictionWriter):
             _write_atomic(merged, target)
             for p in parts:
                 p.unlink()
-            print(f"predictions: {target.resolve()}")
+            _announce(trainer, target)
         trainer.strategy.barrier("prediction_writer_merged")
 
     def _target(self, trainer: L.Trainer) -> Path:
@@ -107,6 +107,12 @@ class PredictionWriter(BasePredictionWriter):
             }
         )
         return frame
+
+
+def _announce(trainer: L.Trainer, path: Path) -> None:
+    """One line `predictions: <absolute path>` on stdout, through the progress bar (a line of its own) when there is one."""
+    bar = trainer.progress_bar_callback
+    (bar.print if bar is not None else print)(f"predictions: {path.resolve()}")
 
 
 def _write_atomic(frame: pl.DataFrame, path: Path) -> None:
