@@ -288,3 +288,14 @@ def test_a_checkpoint_whose_data_is_gone_is_one_line(ml100k_fit, tmp_path: Path,
     finally:
         copy.mkdir()
         (tmp_path / "u.data").rename(copy / "u.data")
+
+
+def test_resume_without_data_arguments_restores_them(trained: Path, tmp_path: Path) -> None:
+    """The fixture's simulator (60 users x 150 items, not the default 500 x 300) comes back from the checkpoint."""
+    cli = make_cli(["fit", "--config", str(ROOT / "configs/linucb.yaml"), f"--ckpt_path={trained}", "--trainer.max_steps=4",
+                    "--trainer.limit_val_batches=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+                    f"--trainer.default_root_dir={tmp_path}"])
+    saved = load_checkpoint(trained)["state_dict"]
+    assert {k: v.shape for k, v in cli.model.state_dict().items()} == {k: v.shape for k, v in saved.items()}
+    assert cli.datamodule.hparams["synthetic_users"] == 60 and cli.datamodule.hparams["synthetic_items"] == 150
+    assert cli.trainer.global_step == 4
