@@ -111,7 +111,7 @@ class PredictionWriter(BasePredictionWriter):
 
 def _announce(trainer: L.Trainer, path: Path) -> None:
     """One line `predictions: <absolute path>` on stdout, through the progress bar (a line of its own) when there is one."""
-    bar = trainer.progress_bar_callback
+    bar = getattr(trainer, "progress_bar_callback", None)
     (bar.print if bar is not None else print)(f"predictions: {path.resolve()}")
 
 

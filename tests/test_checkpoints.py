@@ -257,6 +257,7 @@ def _test_metrics(ckpt: Path, folder: Path, *data: str) -> dict[str, float]:
     return {key: float(value) for key, value in cli.trainer.callback_metrics.items()}
 
 
+@pytest.mark.real_data
 def test_test_without_data_arguments_restores_them_from_the_checkpoint(ml100k_fit, tmp_path: Path) -> None:
     ckpt, _, data = ml100k_fit
     restored = _test_metrics(ckpt, tmp_path / "restored")
@@ -265,6 +266,7 @@ def test_test_without_data_arguments_restores_them_from_the_checkpoint(ml100k_fi
 
 
 
+@pytest.mark.real_data
 def test_data_arguments_given_anew_win_over_the_checkpoints(ml100k_fit, capsys: pytest.CaptureFixture) -> None:
     ckpt, copy, _ = ml100k_fit
     with pytest.raises(SystemExit):
@@ -275,6 +277,7 @@ def test_data_arguments_given_anew_win_over_the_checkpoints(ml100k_fit, capsys: 
     assert (data["format"], data["path"], data["history_len"]) == ("movielens", str(copy), 50)  # the checkpoint's
 
 
+@pytest.mark.real_data
 def test_a_checkpoint_whose_data_is_gone_is_one_line(ml100k_fit, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     ckpt, copy, _ = ml100k_fit
     (copy / "u.data").rename(tmp_path / "u.data")
