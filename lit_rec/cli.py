@@ -81,7 +81,10 @@ class LitRecCLI(LightningCLI):
         arguments saved in it become the defaults of a second parse (`_restore_data_arguments`); a
         `--print_config` waits for that one."""
         first = _without_print_config(args)
-        super().parse_arguments(parser, first)
+        if first is args:
+            super().parse_arguments(parser, args)
+        else:  # not through LightningCLI, which warns about a list beside sys.argv
+            self.config = parser.parse_args(first)
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
@@ -116,9 +119,11 @@ class LitRecCLI(LightningCLI):
 
 
 def _without_print_config(args: Any) -> Any:
-    """`args` (sys.argv when None) less `--print_config[=flags]`, or `args` itself when it has none."""
+    """`args` (sys.argv when None) less `--print_config[=flags]` when they name a `--ckpt_path` (whose data
+    arguments the printed config should show), else `args` itself."""
     argv = sys.argv[1:] if args is None else args
-    if not isinstance(argv, list) or not any(str(a).startswith("--print_config") for a in argv):
+    if not isinstance(argv, list) or not any(str(a).startswith("--print_config") for a in argv) \
+            or not any(str(a).startswith("--ckpt_path") for a in argv):
         return args
     kept: list[Any] = []
     after_flag = False
