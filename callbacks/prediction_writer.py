@@ -12,6 +12,8 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 
+from lit_rec.run_dir import free_path, run_dir
+
 
 class PredictionWriter(BasePredictionWriter):
     """Writes one row per (user, rank): `user`, `rank` (1 = best), `item`, `score`, with original ids.
@@ -19,15 +21,17 @@ class PredictionWriter(BasePredictionWriter):
     It observes what the module's `predict_step` returns, `{"user" (B,), "items" (B, k), "scores" (B, k)}`
     (`RecModule.predict_step`: each user's top `predict_top_k` unseen items); slots with a non-finite
     score (a user with fewer unseen items) are dropped. Under DDP each rank writes a part file, and
-    rank 0 merges them into `output_path` and removes them.
+    rank 0 merges them into the file and removes them.
     """
 
-    def __init__(self, output_path: str = "predictions.parquet") -> None:
+    def __init__(self, output_path: str | None = None) -> None:
         """Args:
-        output_path: the Parquet file to write (parent folders are created).
+        output_path: the Parquet file to write (parent folders are created; a file there is replaced). None: a
+            new file in the run folder (`lit_rec.run_dir`), `predictions.parquet`, or `predictions-1.parquet`,
+            ... when the name is taken.
         """
         super().__init__(write_interval="batch")
-        self.output_path = Path(output_path)
+        self.output_path = None if output_path is None else Path(output_path)
         self._parts: list[tuple[Tensor, Tensor, Tensor]] = []
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -53,26 +57,37 @@ class PredictionWriter(BasePredictionWriter):
         self._parts.append((prediction["user"].cpu(), prediction["items"].cpu(), prediction["scores"].float().cpu()))
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Writes this rank's rows; under DDP rank 0 then merges every rank's part."""
+        """Writes this rank's rows; under DDP rank 0 then merges every rank's part. Prints the file's path."""
         tensors = trainer.datamodule.tensors
         frame = self._frame(tensors.user_ids, tensors.item_ids)
         self._parts = []
-        self.output_path.parent.mkdir(parents=True, exist_ok=True)
+        target = self._target(trainer)
+        target.parent.mkdir(parents=True, exist_ok=True)
         if trainer.world_size == 1:
-            _write_atomic(frame, self.output_path)
+            _write_atomic(frame, target)
+            _announce(trainer, target)
             return
-        part = self.output_path.with_suffix(f".rank{trainer.global_rank}.parquet")
+        part = target.with_suffix(f".rank{trainer.global_rank}.parquet")
         _write_atomic(frame, part)
         trainer.strategy.barrier("prediction_writer")
         if trainer.is_global_zero:
-            parts = [self.output_path.with_suffix(f".rank{r}.parquet") for r in range(trainer.world_size)]
+            parts = [target.with_suffix(f".rank{r}.parquet") for r in range(trainer.world_size)]
             merged = pl.concat([pl.read_parquet(p) for p in parts])
             # a sampler that pads uneven shards repeats some users: keep each (user, rank) once
             merged = merged.unique(subset=["user", "rank"], keep="first", maintain_order=True)
-            _write_atomic(merged, self.output_path)
+            _write_atomic(merged, target)
             for p in parts:
                 p.unlink()
+            _announce(trainer, target)
         trainer.strategy.barrier("prediction_writer_merged")
+
+    def _target(self, trainer: L.Trainer) -> Path:
+        """`output_path`, or a free name in the run folder (chosen on rank 0, broadcast: call it on every rank)."""
+        if self.output_path is not None:
+            return self.output_path
+        folder = run_dir(trainer)
+        name = free_path(folder / "predictions.parquet").name if trainer.is_global_zero else None
+        return folder / trainer.strategy.broadcast(name)
 
     def _frame(self, user_ids: list[str], item_ids: list[str]) -> pl.DataFrame:
         """The rows of every kept batch, dropping slots a user had no unseen item for."""
@@ -92,6 +107,12 @@ class PredictionWriter(BasePredictionWriter):
             }
         )
         return frame
+
+
+def _announce(trainer: L.Trainer, path: Path) -> None:
+    """One line `predictions: <absolute path>` on stdout, through the progress bar (a line of its own) when there is one."""
+    bar = getattr(trainer, "progress_bar_callback", None)
+    (bar.print if bar is not None else print)(f"predictions: {path.resolve()}")
 
 
 def _write_atomic(frame: pl.DataFrame, path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -82,6 +83,8 @@ class RecDataModule(L.LightningDataModule):
         # logger=False: Lightning would refuse to log a module whose argument shares a name but not the value
         # (SeqRec's train_negatives 50 vs 10 here); the CLI logs the whole resolved config (LogConfigCallback)
         self.save_hyperparameters(logger=False)
+        if path:  # checkpoints keep these arguments (a test/predict restores them): the path from any folder
+            self.hparams["path"] = os.path.abspath(os.path.expanduser(path))
         self.format, self.path, self.split = format, path, split
         self.history_len, self.eval_ks, self.train_negatives = history_len, list(eval_ks), train_negatives
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers

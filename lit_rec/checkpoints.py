@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 import tempfile
@@ -56,18 +57,38 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def check_ckpt_path(ckpt_path: str | Path | None) -> None:
+def check_ckpt_path(ckpt_path: str | Path | None) -> dict[str, Any] | None:
     """Loads a local `--ckpt_path` once so that a bad file fails before Lightning reads it; names that
     Lightning resolves (last, hpc, registry), URLs and folders (sharded checkpoints) are left to it. `best`
-    is a CheckpointError naming the file to pass (`BEST_FILE_HINT`)."""
+    is a CheckpointError naming the file to pass (`BEST_FILE_HINT`). Returns the loaded checkpoint (None
+    when Lightning resolves the name)."""
     if ckpt_path is None:
-        return
+        return None
     text = str(ckpt_path)
     if text == "best":
         raise CheckpointError(text, BEST_FILE_HINT)
     if text in LIGHTNING_CKPT_NAMES or text.startswith("registry") or "://" in text or Path(text).is_dir():
-        return
-    load_checkpoint(text)
+        return None
+    return load_checkpoint(text)
+
+
+def saved_data_arguments(checkpoint: dict[str, Any] | None) -> dict[str, Any]:
+    """The RecDataModule arguments of the fit that wrote `checkpoint` (Lightning saves the data module's
+    `save_hyperparameters()` under `datamodule_hyper_parameters`); {} for a checkpoint without them."""
+    from datamodules import RecDataModule
+
+    saved = (checkpoint or {}).get(RecDataModule.CHECKPOINT_HYPER_PARAMS_KEY) or {}
+    known = inspect.signature(RecDataModule).parameters
+    return {key: value for key, value in saved.items() if key in known}
+
+
+def check_saved_data_path(ckpt_path: str | Path, saved: dict[str, Any], data: Any) -> None:
+    """CheckpointError when the data path restored from the checkpoint (not given anew) is gone."""
+    path = saved.get("path")
+    if path and data["path"] == path and data["format"] != "synthetic" and not Path(path).exists():
+        raise CheckpointError(
+            ckpt_path, f"its data.path {path} (format {data['format']}) no longer exists; pass --data.path"
+        )
 
 
 def _diagnose(file: Path, error: Exception) -> str:
@@ -106,6 +127,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     Lightning's default goes through an fsspec transaction whose temporary file lives in the
     system temp folder, so the final move is a copy (not atomic) when that is another filesystem.
+    The file gets the mode a plain `open()` would give it (0o666 less the umask: -rw-r--r-- under 022),
+    not mkstemp's private 0o600.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
@@ -114,9 +137,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         try:
+            os.fchmod(fd, 0o666 & ~_umask())
             with os.fdopen(fd, "wb") as handle:
                 torch.save(checkpoint, handle)
             os.replace(temporary, target)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+
+
+def _umask() -> int:
+    """The process umask, read from /proc (setting it to read it back would race with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

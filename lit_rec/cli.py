@@ -6,10 +6,12 @@ import copy
 import json
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 import lightning as L
@@ -19,10 +21,11 @@ from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from datamodules import DataError, RecDataModule
-from lit_rec.checkpoints import CheckpointError, check_ckpt_path
+from lit_rec.checkpoints import CheckpointError, check_ckpt_path, check_saved_data_path, saved_data_arguments
 from lit_rec.cli_errors import short_parse_error
 from lit_rec.config_files import shipped_config
 from lit_rec.modules.base import RecModule
+from lit_rec.run_dir import free_path, run_dir
 from lit_rec.runtime import keep_large_buffers_on_heap
 
 DEFAULT_LOGGER = {
@@ -35,7 +38,22 @@ DEFAULT_CALLBACKS = shipped_config("callbacks/default.yaml")  # the checkout's c
 
 
 class LogConfigCallback(SaveConfigCallback):
-    """Saves `config.yaml` beside the run and sends the full resolved config to every logger."""
+    """Saves `config.yaml` in the run folder, beside its `checkpoints/` (`lit_rec.run_dir`), and sends the
+    full resolved config to every logger. A config already there is kept: the new one is `config-1.yaml`, ..."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Writes the config on rank 0 into the run folder (every rank resolves it: a broadcast) and prints its path."""
+        if self.already_saved:
+            return
+        folder = run_dir(trainer)
+        if trainer.is_global_zero:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = free_path(folder / self.config_filename)
+            self.parser.save(self.config, str(path), skip_none=False, multifile=self.multifile)
+            print(f"config: {path.resolve()}", file=sys.stderr)
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Logs the resolved CLI config as the run's hyper-parameters (the W&B run config)."""
@@ -67,17 +85,74 @@ class LitRecCLI(LightningCLI):
         return super().init_parser(**{"exit_on_error": False, **kwargs})
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
-        """Parses, then loads `--ckpt_path` once: a bad file is one line before Lightning reads it."""
-        self._parse_or_exit_short(parser, args)
+        """Parses, then loads `--ckpt_path` once: a bad file is one line before Lightning reads it. The data
+        arguments saved in it become the defaults of a second parse (`_restore_data_arguments`); a
+        `--print_config` waits for that one. A bad key or value is a short paragraph (`_parse_or_exit_short`)."""
+        first = _without_print_config(args)
+        if first is args:
+            self._parse_or_exit_short(parser, args)
+        else:  # not through LightningCLI, which warns about a list beside sys.argv
+            self._parse_or_exit_short(parser, first, lambda: setattr(self, "config", parser.parse_args(first)))
         subcommand = self.config.get("subcommand")
-        if subcommand:
-            check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+        if not subcommand:
+            return
+        checkpoint = check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+        saved = self._restore_data_arguments(subcommand, checkpoint)
+        if saved or first is not args:
+            self._parse_or_exit_short(parser, args)
+        if saved:
+            check_saved_data_path(self.config[subcommand]["ckpt_path"], saved, self.config[subcommand]["data"])
 
-    def _parse_or_exit_short(self, parser: Any, args: Any) -> None:
-        """LightningCLI's parse; a bad key or value is a short paragraph on stderr and exit code 2
+    def _restore_data_arguments(self, subcommand: str, checkpoint: dict[str, Any] | None) -> dict[str, Any]:
+        """A checkpoint is self-contained: the RecDataModule arguments of its fit become this subcommand's
+        `data` defaults, so that what `--data...` or a `--config` sets still wins. Returns them ({}: none)."""
+        saved = saved_data_arguments(checkpoint)
+        if saved:
+            self._subcommand_parsers[subcommand].set_defaults({f"data.{key}": value for key, value in saved.items()})
+        return saved
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
+        """`predict` takes `--top_k N` (recommendations per user; the model's `predict_top_k` when not given)."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            parser.add_argument("--top_k", type=Optional[int], default=None,
+                                help="Recommendations per user (default: the model's predict_top_k, 10).")
+        return parser
+
+    def before_instantiate_classes(self) -> None:
+        """`predict --top_k N` sets the model's `predict_top_k` (checked by its constructor)."""
+        config = self.config.get(self.config.get("subcommand") or "", {})
+        if config.get("top_k") is not None:
+            config["model"]["init_args"]["predict_top_k"] = config["top_k"]
+
+
+def _without_print_config(args: Any) -> Any:
+    """`args` (sys.argv when None) less `--print_config[=flags]` when they name a `--ckpt_path` (whose data
+    arguments the printed config should show), else `args` itself."""
+    argv = sys.argv[1:] if args is None else args
+    if not isinstance(argv, list) or not any(str(a).startswith("--print_config") for a in argv) \
+            or not any(str(a).startswith("--ckpt_path") for a in argv):
+        return args
+    kept: list[Any] = []
+    after_flag = False
+    for arg in argv:
+        text = str(arg)
+        if after_flag and re.fullmatch(r"[a-z_,]+", text):  # `--print_config comments`
+            after_flag = False
+            continue
+        after_flag = text == "--print_config"
+        if not text.startswith("--print_config"):
+            kept.append(arg)
+    return kept
+
+    def _parse_or_exit_short(self, parser: Any, args: Any, parse: Callable[[], None] | None = None) -> None:
+        """LightningCLI's parse (or `parse`); a bad key or value is a short paragraph on stderr and exit code 2
         (`lit_rec.cli_errors`; `LIT_REC_DEBUG=1` raises jsonargparse's full message)."""
         try:
-            super().parse_arguments(parser, args)
+            if parse is None:
+                super().parse_arguments(parser, args)
+            else:
+                parse()
         except ArgumentError as error:
             if os.environ.get("LIT_REC_DEBUG") == "1":
                 raise
@@ -100,7 +175,6 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> LitRecCLI:
         subclass_mode_model=True,
         subclass_mode_data=False,
         save_config_callback=LogConfigCallback,
-        save_config_kwargs={"overwrite": True},
         parser_kwargs=parser_kwargs,
         trainer_defaults={"logger": DEFAULT_LOGGER, "plugins": [{"class_path": "lit_rec.checkpoints.AtomicCheckpointIO"}]},
         args=args,
