@@ -125,6 +125,23 @@ class LitRecCLI(LightningCLI):
         if config.get("top_k") is not None:
             config["model"]["init_args"]["predict_top_k"] = config["top_k"]
 
+    def _parse_or_exit_short(self, parser: Any, args: Any, parse: Callable[[], None] | None = None) -> None:
+        """LightningCLI's parse (or `parse`); a bad key or value is a short paragraph on stderr and exit code 2
+        (`lit_rec.cli_errors`; `LIT_REC_DEBUG=1` raises jsonargparse's full message)."""
+        try:
+            if parse is None:
+                super().parse_arguments(parser, args)
+            else:
+                parse()
+        except ArgumentError as error:
+            if os.environ.get("LIT_REC_DEBUG") == "1":
+                raise
+            argv = list(sys.argv[1:] if args is None else args if isinstance(args, (list, tuple)) else [])
+            subcommand = next((a for a in argv if a in getattr(self, "_subcommand_parsers", {})), None)
+            print(short_parse_error(str(error), self._subcommand_parsers[subcommand] if subcommand else parser, argv),
+                  file=sys.stderr)
+            sys.exit(2)
+
 
 def _without_print_config(args: Any) -> Any:
     """`args` (sys.argv when None) less `--print_config[=flags]` when they name a `--ckpt_path` (whose data
@@ -144,23 +161,6 @@ def _without_print_config(args: Any) -> Any:
         if not text.startswith("--print_config"):
             kept.append(arg)
     return kept
-
-    def _parse_or_exit_short(self, parser: Any, args: Any, parse: Callable[[], None] | None = None) -> None:
-        """LightningCLI's parse (or `parse`); a bad key or value is a short paragraph on stderr and exit code 2
-        (`lit_rec.cli_errors`; `LIT_REC_DEBUG=1` raises jsonargparse's full message)."""
-        try:
-            if parse is None:
-                super().parse_arguments(parser, args)
-            else:
-                parse()
-        except ArgumentError as error:
-            if os.environ.get("LIT_REC_DEBUG") == "1":
-                raise
-            argv = list(sys.argv[1:] if args is None else args if isinstance(args, (list, tuple)) else [])
-            subcommand = next((a for a in argv if a in getattr(self, "_subcommand_parsers", {})), None)
-            print(short_parse_error(str(error), self._subcommand_parsers[subcommand] if subcommand else parser, argv),
-                  file=sys.stderr)
-            sys.exit(2)
 
 
 def make_cli(args: list[str] | None = None, run: bool = True) -> LitRecCLI:
