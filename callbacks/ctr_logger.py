@@ -57,7 +57,9 @@ class CTRLogger(L.Callback):
         if not ks or f"{stage}/ctr@{ks[0]}" not in metrics:
             return
         if self.print_table:
-            print(f"\n[{stage} @ step {trainer.global_step}]\n" + format_ctr_table(metrics, stage, ks), file=sys.stdout, flush=True)
+            trained = getattr(pl_module, "trained_steps", None)  # a tested checkpoint's step (RecModule)
+            step = trainer.global_step if stage == "val" or trained is None else trained
+            print(f"\n[{stage} @ step {step}]\n" + format_ctr_table(metrics, stage, ks), file=sys.stdout, flush=True)
         wandb_logger = find_wandb_logger(trainer)
         if wandb_logger is None:
             return

@@ -66,7 +66,9 @@ def test_linucb_checkpoint_loads_with_weights_only(trained: Path) -> None:
 
 def test_cli_test_accepts_a_good_checkpoint(trained: Path, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     assert run_main(cli_args("test", tmp_path, f"--ckpt_path={trained}")) == 0
-    assert "error:" not in capfd.readouterr().err
+    out, err = capfd.readouterr()
+    assert "error:" not in err
+    assert "[test @ step 3]" in out  # the tested checkpoint's training step, not the new trainer's 0
 
 
 def _damage(kind: str, good: Path, folder: Path) -> Path:

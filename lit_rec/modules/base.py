@@ -29,6 +29,8 @@ class RecModule(L.LightningModule):
 
     last_metrics: dict[str, float]
     """The latest epoch's `val/*` and `test/*` values (global across ranks), kept for callers after `fit` or `test`."""
+    trained_steps: int | None
+    """The training step of the checkpoint the weights came from (None: not loaded from one), for reports of a `test`."""
 
     def __init__(
         self,
@@ -78,6 +80,7 @@ class RecModule(L.LightningModule):
         self.full_metrics = torch.nn.ModuleDict({s: FullRankingMetrics() for s in ("val", "test")})
         self.popularity: PopularityScorer | None = None
         self.last_metrics: dict[str, float] = {}
+        self.trained_steps: int | None = None
         # events processed by this process; converted to episodes with the data's mean episode length
         self.register_buffer("events_seen", torch.zeros((), dtype=torch.long))
 
@@ -222,8 +225,9 @@ class RecModule(L.LightningModule):
         save_rng_state(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restores random-number state."""
+        """Restores random-number state and notes the checkpoint's training step (`trained_steps`)."""
         load_rng_state(self, checkpoint)
+        self.trained_steps = checkpoint.get("global_step")
 
     # ------------------------------------------------------------------ training helpers
     def logs_this_step(self) -> bool:
