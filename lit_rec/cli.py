@@ -120,10 +120,13 @@ class LitRecCLI(LightningCLI):
         return parser
 
     def before_instantiate_classes(self) -> None:
-        """`predict --top_k N` sets the model's `predict_top_k` (checked by its constructor)."""
-        config = self.config.get(self.config.get("subcommand") or "", {})
+        """`predict --top_k N` sets the model's `predict_top_k` (checked by its constructor); a W&B run gets a
+        name, group, job type and tags it was not given (`_name_wandb_run`)."""
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand or "", {}) if subcommand else self.config
         if config.get("top_k") is not None:
             config["model"]["init_args"]["predict_top_k"] = config["top_k"]
+        _name_wandb_run(config, subcommand or "fit")
 
     def _parse_or_exit_short(self, parser: Any, args: Any, parse: Callable[[], None] | None = None) -> None:
         """LightningCLI's parse (or `parse`); a bad key or value is a short paragraph on stderr and exit code 2
@@ -142,6 +145,26 @@ class LitRecCLI(LightningCLI):
                   file=sys.stderr)
             sys.exit(2)
 
+
+
+def _name_wandb_run(config: Any, job_type: str) -> None:
+    """Fills what a WandbLogger run was not given: name `<method>-<data>-<seed>` (the method is the `--config`
+    file's name), group `<method>-<data>` (the runs of one experiment), `job_type` (fit, validate, test,
+    predict) and those as tags, so runs can be compared and filtered in W&B."""
+    logger = config.get("trainer", {}).get("logger")
+    if not hasattr(logger, "get") or not str(logger.get("class_path", "")).endswith("WandbLogger"):
+        return
+    args = logger["init_args"]
+    configs = [Path(str(path)) for path in config.get("config") or []]
+    method = configs[-1].stem if configs else str(config["model"]["class_path"]).rsplit(".", 1)[-1].lower()
+    data = config["data"]
+    dataset = Path(str(data["path"])).name if data.get("path") else str(data["format"])
+    seed = config.get("seed_everything")
+    defaults = {"name": f"{method}-{dataset}-{seed}", "group": f"{method}-{dataset}", "job_type": job_type,
+                "tags": [method, dataset, f"seed{seed}", job_type]}
+    for key, value in defaults.items():
+        if args.get(key) is None:
+            args[key] = value
 
 def _without_print_config(args: Any) -> Any:
     """`args` (sys.argv when None) less `--print_config[=flags]` when they name a `--ckpt_path` (whose data

@@ -206,3 +206,15 @@ def test_a_method_s_keys_are_listed_with_types_and_defaults(capsys: pytest.Captu
     assert exit_info.value.code in (0, None)
     out = capsys.readouterr().out
     assert "--model.alpha ALPHA" in out and "(type: float, default: 0.5)" in out
+
+
+def test_a_wandb_run_is_named_grouped_and_tagged_by_method_data_and_seed() -> None:
+    from lit_rec.cli import make_cli
+
+    cli = make_cli(["--config", str(ROOT / "configs" / "ddqn.yaml"), "--seed_everything=3", "--trainer.max_steps=1"], run=False)
+    init = cli.trainer.logger._wandb_init
+    assert (init["name"], init["group"], init["job_type"]) == ("ddqn-synthetic-3", "ddqn-synthetic", "fit")
+    assert init["tags"] == ["ddqn", "synthetic", "seed3", "fit"]
+    given = make_cli(["--config", str(ROOT / "configs" / "ddqn.yaml"), "--trainer.logger.init_args.name=mine",
+                      "--trainer.max_steps=1"], run=False)
+    assert given.trainer.logger._wandb_init["name"] == "mine"  # what a user (or reproduce) sets is kept
