@@ -218,3 +218,15 @@ def test_a_wandb_run_is_named_grouped_and_tagged_by_method_data_and_seed() -> No
     given = make_cli(["--config", str(ROOT / "configs" / "ddqn.yaml"), "--trainer.logger.init_args.name=mine",
                       "--trainer.max_steps=1"], run=False)
     assert given.trainer.logger._wandb_init["name"] == "mine"  # what a user (or reproduce) sets is kept
+
+
+@pytest.mark.parametrize("method", ["dqn", "seqrec", "dadrl"])
+def test_the_run_config_reaches_a_logger_once_nested(method: str, tmp_path: Path) -> None:
+    """The resolved config is logged once, as `model`/`data`/`trainer`; the model's own hparams are not sent again flat."""
+    args = ["fit", "--config", str(ROOT / "configs" / f"{method}.yaml"), "--trainer.max_steps=1", "--trainer.limit_val_batches=0",
+            "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"]
+    main(args)
+    logged = yaml.safe_load(next(tmp_path.rglob("hparams.yaml")).read_text())
+    assert {"model", "data", "trainer"} <= logged.keys()
+    assert not {"lr", "encoder", "seed"} & logged.keys(), sorted(logged)

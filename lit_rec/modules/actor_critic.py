@@ -113,7 +113,7 @@ class ActorCriticBase(RecModule):
         t_max = self.history_len if t_max is None else t_max
         if not 1 <= t_max <= self.history_len:
             raise ValueError(f"t_max must be in 1..history_len={self.history_len} (one window per rollout), got {t_max}")
-        self.save_hyperparameters(ignore=["num_items", "num_users", "eval_ks", "full_ranking", "eval_chunk_size"])
+        self.save_hyperparameters(ignore=["num_items", "num_users", "eval_ks", "full_ranking", "eval_chunk_size"], logger=False)
         self.automatic_optimization = False
         self.t_max, self.gamma, self.ce_weight, self.pg_weight = t_max, gamma, ce_weight, pg_weight
         self.value_coef, self.entropy_coef, self.clip_norm = value_coef, entropy_coef, clip_norm

@@ -99,7 +99,7 @@ class DQN(RecModule):
             raise ValueError(f"DQN needs 0 <= gamma < 1 and weights >= 0, not both 0: got gamma={gamma}, td_weight={td_weight}, ce_weight={ce_weight}")
         if loss not in ("huber", "mse"):
             raise ValueError(f"DQN loss must be 'huber' or 'mse', got {loss!r}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the run config reaches the loggers once, nested (LogConfigCallback)
         self.double, self.gamma, self.td_weight, self.ce_weight = double, gamma, td_weight, ce_weight
         self.lr, self.weight_decay = lr, weight_decay
         if td_actions < 0:

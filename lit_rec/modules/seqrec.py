@@ -39,7 +39,7 @@ class SeqRec(RecModule):
         seed: seed of the network's initialisation and of the samplers.
         """
         super().__init__(**kwargs)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the run config reaches the loggers once, nested (LogConfigCallback)
         encoder = EncoderConfig.of(encoder)
         self.lr = lr
         self.weight_decay = weight_decay
