@@ -25,6 +25,7 @@ from lit_rec.checkpoints import CheckpointError, check_ckpt_path, check_saved_da
 from lit_rec.cli_errors import short_parse_error
 from lit_rec.config_files import shipped_config
 from lit_rec.modules.base import RecModule
+from lit_rec.progress import EpochLineProgress, plain_progress_wanted
 from lit_rec.run_dir import free_path, run_dir
 from lit_rec.runtime import keep_large_buffers_on_heap
 
@@ -77,8 +78,12 @@ class LitRecCLI(LightningCLI):
         parser.link_arguments("data.train_negatives", "model.init_args.train_negatives")
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:
-        """`--early_stopping=null` runs without early stopping (LightningCLI would pass the None on)."""
-        return super()._instantiate_trainer(config, [c for c in callbacks if c is not None])
+        """`--early_stopping=null` runs without early stopping (LightningCLI would pass the None on); without a
+        terminal the progress is one line per epoch (`lit_rec.progress.EpochLineProgress`)."""
+        extra = [c for c in callbacks if c is not None]
+        if plain_progress_wanted(config, extra):
+            extra.append(EpochLineProgress())
+        return super()._instantiate_trainer(config, extra)
 
     def init_parser(self, **kwargs: Any) -> Any:
         """A parser that raises ArgumentError instead of printing the full usage (`parse_arguments` shortens it)."""

@@ -230,3 +230,16 @@ def test_the_run_config_reaches_a_logger_once_nested(method: str, tmp_path: Path
     logged = yaml.safe_load(next(tmp_path.rglob("hparams.yaml")).read_text())
     assert {"model", "data", "trainer"} <= logged.keys()
     assert not {"lr", "encoder", "seed"} & logged.keys(), sorted(logged)
+
+
+def test_without_a_terminal_the_progress_is_one_line_per_epoch(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(ROOT / "configs" / "popularity.yaml"),
+         "--trainer.max_epochs=2", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}",
+         "--data.synthetic_users=60", "--data.synthetic_items=150", "--data.synthetic_events_per_user=10"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "WANDB_MODE": "disabled"}, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"], lines
+    assert "\r" not in result.stdout + result.stderr  # no redrawn bar
