@@ -128,7 +128,7 @@ class LitRecCLI(LightningCLI):
         """`predict --top_k N` sets the model's `predict_top_k` (checked by its constructor); a W&B run gets a
         name, group, job type and tags it was not given (`_name_wandb_run`)."""
         subcommand = self.config.get("subcommand")
-        config = self.config.get(subcommand or "", {}) if subcommand else self.config
+        config = self.config[subcommand] if subcommand else self.config
         if config.get("top_k") is not None:
             config["model"]["init_args"]["predict_top_k"] = config["top_k"]
         _name_wandb_run(config, subcommand or "fit")

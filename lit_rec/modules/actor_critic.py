@@ -118,7 +118,7 @@ class ActorCriticBase(RecModule):
         self.t_max, self.gamma, self.ce_weight, self.pg_weight = t_max, gamma, ce_weight, pg_weight
         self.value_coef, self.entropy_coef, self.clip_norm = value_coef, entropy_coef, clip_norm
         self.lr, self.server_optimizer, self.adam_betas, self.cohort_size = lr, server_optimizer, tuple(adam_betas), cohort_size
-        self.dim, self.dropout, self.seed = encoder.dim, encoder.dropout, seed
+        self.encoder_config, self.seed = encoder, seed
         self.training_softmax = TrainingSoftmax(softmax, sampled_negatives)
         with torch.random.fork_rng(devices=[]):  # the initialisation depends on `seed` only
             torch.manual_seed(seed)
@@ -149,7 +149,7 @@ class ActorCriticBase(RecModule):
         if self.clients is not None:
             return
         tensors, device = self.tensors, self.device
-        self.clients = Clients(tensors.train_offsets.to(device), self.dim if self.personalization else 0, self.private_lr)
+        self.clients = Clients(tensors.train_offsets.to(device), self.encoder_config.dim if self.personalization else 0, self.private_lr)
         self._train_history, self._train_item = tensors.train.history.to(device), tensors.train.item.to(device)
         self.training_softmax.fit(tensors.item_popularity)
         self._log_q = self.training_softmax.log_q(device)
@@ -216,7 +216,7 @@ class ActorCriticBase(RecModule):
     @property
     def vmap_randomness(self) -> Literal["different", "error"]:
         """Dropout draws differ per client under `vmap` (training with dropout); otherwise randomness is an error."""
-        return "different" if self.dropout > 0 and self.training else "error"
+        return "different" if self.encoder_config.dropout > 0 and self.training else "error"
 
     @contextmanager
     def client_math(self) -> Iterator[None]:

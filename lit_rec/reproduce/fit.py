@@ -156,7 +156,7 @@ def fit_and_test(settings: Settings, method: Method, seed: int, extra: list[str]
             # the best checkpoint's weights are loaded into cli.model (its final state when there is none)
             trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False)
             metrics = {k: v for k, v in getattr(cli.model, "last_metrics", {}).items() if k.startswith("test/")}
-            result = RunResult(method.name, seed, metrics, curve, val_curve, getattr(cli.model, "train_negatives", None),
+            result = RunResult(method.name, seed, metrics, curve, val_curve, cli.model.train_negatives,
                                0.0, train_s=train_s, best_epoch=best_epoch(val_curve) if best else None,
                                epochs=epochs, stopped_by=stop, checkpoint=best or None,
                                module=cli.model if method.role in ("teacher", "student") else None)
