@@ -28,6 +28,7 @@ from lit_rec.modules.base import RecModule
 from lit_rec.progress import EpochLineProgress, plain_progress_wanted
 from lit_rec.run_dir import free_path, run_dir
 from lit_rec.runtime import keep_large_buffers_on_heap
+from lit_rec.wandb_utils import CHECKPOINT_KEY as WANDB_CHECKPOINT_KEY
 
 DEFAULT_LOGGER = {
     "class_path": "lightning.pytorch.loggers.WandbLogger",
@@ -102,6 +103,7 @@ class LitRecCLI(LightningCLI):
         if not subcommand:
             return
         checkpoint = check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+        self._trained_by = (checkpoint or {}).get(WANDB_CHECKPOINT_KEY) if subcommand != "fit" else None
         saved = self._restore_data_arguments(subcommand, checkpoint)
         if saved or first is not args:
             self._parse_or_exit_short(parser, args)
@@ -126,12 +128,13 @@ class LitRecCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """`predict --top_k N` sets the model's `predict_top_k` (checked by its constructor); a W&B run gets a
-        name, group, job type and tags it was not given (`_name_wandb_run`)."""
+        name, group, job type and tags it was not given (`_name_wandb_run`), linked to the run that trained
+        the `--ckpt_path` checkpoint when it names one."""
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         if config.get("top_k") is not None:
             config["model"]["init_args"]["predict_top_k"] = config["top_k"]
-        _name_wandb_run(config, subcommand or "fit")
+        _name_wandb_run(config, subcommand or "fit", getattr(self, "_trained_by", None))
 
     def _parse_or_exit_short(self, parser: Any, args: Any, parse: Callable[[], None] | None = None) -> None:
         """LightningCLI's parse (or `parse`); a bad key or value is a short paragraph on stderr and exit code 2
@@ -152,10 +155,12 @@ class LitRecCLI(LightningCLI):
 
 
 
-def _name_wandb_run(config: Any, job_type: str) -> None:
+def _name_wandb_run(config: Any, job_type: str, trained_by: dict[str, str] | None = None) -> None:
     """Fills what a WandbLogger run was not given: name `<method>-<data>-<seed>` (the method is the `--config`
     file's name), group `<method>-<data>` (the runs of one experiment), `job_type` (fit, validate, test,
-    predict) and those as tags, so runs can be compared and filtered in W&B."""
+    predict) and those as tags, so runs can be compared and filtered in W&B. A run from a checkpoint whose fit
+    logged to W&B (`trained_by`, saved by `RecModule.on_save_checkpoint`) takes that run's name and group, a
+    `fit:<id>` tag and a note naming it: the fit's `test` sits beside it in the group's table."""
     logger = config.get("trainer", {}).get("logger")
     if not hasattr(logger, "get") or not str(logger.get("class_path", "")).endswith("WandbLogger"):
         return
@@ -167,9 +172,15 @@ def _name_wandb_run(config: Any, job_type: str) -> None:
     seed = config.get("seed_everything")
     defaults = {"name": f"{method}-{dataset}-{seed}", "group": f"{method}-{dataset}", "job_type": job_type,
                 "tags": [method, dataset, f"seed{seed}", job_type]}
+    if trained_by and trained_by.get("id"):
+        defaults["name"] = trained_by.get("name") or defaults["name"]
+        defaults["group"] = trained_by.get("group") or defaults["group"]
+        defaults["tags"].append(f"fit:{trained_by['id']}")
+        defaults["notes"] = f"{job_type} of the checkpoint trained by W&B run {trained_by['id']} ({defaults['name']})"
     for key, value in defaults.items():
         if args.get(key) is None:
             args[key] = value
+
 
 def _without_print_config(args: Any) -> Any:
     """`args` (sys.argv when None) less `--print_config[=flags]` when they name a `--ckpt_path` (whose data

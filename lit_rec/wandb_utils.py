@@ -1,4 +1,4 @@
-"""W&B helpers shared by lit_rec and the callbacks: a trainer's WandbLogger, ending the process's run."""
+"""W&B helpers shared by lit_rec and the callbacks: a trainer's WandbLogger, its run's reference, ending the process's run."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import sys
 
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
+
+CHECKPOINT_KEY = "wandb_run"  # where a checkpoint keeps the reference of the W&B run that trained it
 
 
 def find_wandb_logger(trainer: L.Trainer) -> WandbLogger | None:
@@ -23,3 +25,13 @@ def finish_wandb_run() -> None:
 
         if wandb.run is not None:
             wandb.finish()
+
+
+def run_reference(trainer: L.Trainer) -> dict[str, str] | None:
+    """`{"id", "name", "group", "project"}` of the trainer's W&B run, or None without a started WandbLogger run."""
+    logger = find_wandb_logger(trainer)
+    if logger is None or getattr(logger, "_experiment", None) is None:
+        return None
+    run = logger.experiment
+    reference = {key: getattr(run, key, None) for key in ("id", "name", "group", "project")}
+    return {key: str(value) for key, value in reference.items() if value}

@@ -37,6 +37,27 @@ def test_a_bare_name_is_a_shipped_config_and_anything_else_is_left_as_given(tmp_
         "--trainer.max_steps=1"]
 
 
+def test_data_and_trainer_take_the_names_of_shipped_configs_too() -> None:
+    assert resolve_config_args(["test", "--data", "ml100k", "--trainer=ddp_sim", "--data.path", "x"]) == [
+        "test", "--data", str(ROOT / "configs" / "data" / "ml100k.yaml"), f"--trainer={ROOT / 'configs' / 'trainer' / 'ddp_sim.yaml'}",
+        "--data.path", "x"]
+    assert resolve_config_args(["fit", "--trainer", "null", "--data=None"]) == ["fit", "--trainer", "null", "--data=None"]
+    with pytest.raises(FileNotFoundError, match=r"--data ml10m: .*shipped config name \(ml100k, ml1m, outbrain, synthetic\)"):
+        resolve_config_args(["fit", "--data", "ml10m"])
+
+
+def test_train_py_takes_shipped_names_as_lit_rec_does(tmp_path: Path) -> None:
+    """README: `python train.py fit --config dqn --data synthetic ...` from any folder."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "fit", "--config", "popularity", "--data", "synthetic", "--trainer", "cpu",
+         "--trainer.max_epochs=1", "--trainer.logger=false", "--data.synthetic_users=60", "--data.synthetic_items=150",
+         "--data.synthetic_events_per_user=10"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "WANDB_MODE": "disabled"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = Path(result.stderr.split("config: ", 1)[1].split()[0])
+    assert config.is_file() and config.is_relative_to(tmp_path)
+
+
 def test_the_wheel_lists_every_package_and_config_folder() -> None:
     """pyproject.toml names its packages (configs/ is mapped to lit_rec.configs, which `find` cannot see)."""
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]

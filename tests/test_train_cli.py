@@ -243,3 +243,18 @@ def test_without_a_terminal_the_progress_is_one_line_per_epoch(tmp_path: Path) -
     lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
     assert [line.split()[1] for line in lines] == ["1/2", "2/2"], lines
     assert "\r" not in result.stdout + result.stderr  # no redrawn bar
+
+
+def test_a_test_from_a_checkpoint_is_linked_to_the_wandb_run_that_trained_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`test --ckpt_path` after `fit` (two processes): the same name and group, job type `test`, a `fit:<id>` tag."""
+    monkeypatch.chdir(tmp_path)
+    small = ["--data.synthetic_users=60", "--data.synthetic_items=150", "--data.synthetic_events_per_user=10",
+             "--trainer.enable_progress_bar=false"]
+    fit = make_cli(["fit", "--config", str(ROOT / "configs" / "popularity.yaml"), "--trainer.max_epochs=1", *small])
+    trained_by = fit.trainer.logger.experiment.id
+    checkpoint = next(tmp_path.rglob("*.ckpt"))
+    test = make_cli(["test", "--config", str(ROOT / "configs" / "popularity.yaml"), "--ckpt_path", str(checkpoint),
+                     "--trainer.enable_progress_bar=false"])
+    init = test.trainer.logger._wandb_init
+    assert (init["name"], init["group"], init["job_type"]) == ("popularity-synthetic-0", "popularity-synthetic", "test")
+    assert f"fit:{trained_by}" in init["tags"] and trained_by in init["notes"]

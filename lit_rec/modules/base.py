@@ -13,6 +13,7 @@ from lit_rec.functional.next_item import Columns, greedy_hits, random_rivals
 from lit_rec.popularity import PopularityScorer
 from lit_rec.recommend import recommend_top_k
 from lit_rec.sampling import load_rng_state, save_rng_state
+from lit_rec.wandb_utils import CHECKPOINT_KEY as WANDB_CHECKPOINT_KEY, run_reference
 
 DEFAULT_KS = (1, 10, 20, 50, 100)
 
@@ -221,8 +222,12 @@ class RecModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Saves random-number state so a resumed fit draws what the uninterrupted one would."""
+        """Saves random-number state so a resumed fit draws what the uninterrupted one would, and the reference
+        of the W&B run that trained it (a later `test`/`predict` from the checkpoint links to it)."""
         save_rng_state(self, checkpoint)
+        reference = run_reference(self.trainer) if self._trainer is not None else None
+        if reference:
+            checkpoint[WANDB_CHECKPOINT_KEY] = reference
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restores random-number state and notes the checkpoint's training step (`trained_steps`)."""
