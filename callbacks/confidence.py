@@ -20,8 +20,10 @@ class ConfidenceLogger(L.Callback):
     """
 
     def __init__(self, histogram_every_n_steps: int = 100) -> None:
-        """Args:
-        histogram_every_n_steps: optimizer steps between two W&B histograms of the confidences (0: none).
+        """Settings (each a config key).
+
+        Args:
+            histogram_every_n_steps: optimizer steps between two W&B histograms of the confidences (0: none).
         """
         self.histogram_every_n_steps = histogram_every_n_steps
 

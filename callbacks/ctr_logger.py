@@ -31,8 +31,10 @@ class CTRLogger(L.Callback):
     """
 
     def __init__(self, print_table: bool = True) -> None:
-        """Args:
-        print_table: print the CTR@k table to stdout at every validation and test end.
+        """Settings (each a config key).
+
+        Args:
+            print_table: print the CTR@k table to stdout at every validation and test end.
         """
         self.print_table = print_table
 

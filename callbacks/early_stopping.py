@@ -20,8 +20,10 @@ class WarmupEarlyStopping(EarlyStopping):
     """
 
     def __init__(self, *args: Any, start_from_epoch: int = 0, **kwargs: Any) -> None:
-        """Args:
-        start_from_epoch: first epoch whose validation early stopping looks at; the rest as `EarlyStopping`.
+        """Settings (each a config key).
+
+        Args:
+            start_from_epoch: first epoch whose validation early stopping looks at; the rest as `EarlyStopping`.
         """
         super().__init__(*args, **kwargs)
         if start_from_epoch < 0:

@@ -18,9 +18,11 @@ class ModelStatsLogger(L.Callback):
     """
 
     def __init__(self, candidates: int = 1000, repeats: int = 20) -> None:
-        """Args:
-        candidates: candidate items scored per timed request.
-        repeats: timed requests per network (after 3 warm-up rounds).
+        """Settings (each a config key).
+
+        Args:
+            candidates: candidate items scored per timed request.
+            repeats: timed requests per network (after 3 warm-up rounds).
         """
         self.candidates, self.repeats = candidates, repeats
         self.stats: dict[str, float] = {}

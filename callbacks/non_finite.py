@@ -18,8 +18,10 @@ class NonFiniteGuard(L.Callback):
     """
 
     def __init__(self, policy: str = "raise") -> None:
-        """Args:
-        policy: `raise` (stop with an error) or `skip` (drop the step and count it).
+        """Settings (each a config key).
+
+        Args:
+            policy: `raise` (stop with an error) or `skip` (drop the step and count it).
         """
         if policy not in ("raise", "skip"):
             raise ValueError(f"policy must be 'raise' or 'skip', got {policy!r}")

@@ -25,10 +25,12 @@ class PredictionWriter(BasePredictionWriter):
     """
 
     def __init__(self, output_path: str | None = None) -> None:
-        """Args:
-        output_path: the Parquet file to write (parent folders are created; a file there is replaced). None: a
-            new file in the run folder (`lit_rec.run_dir`), `predictions.parquet`, or `predictions-1.parquet`,
-            ... when the name is taken.
+        """Settings (each a config key).
+
+        Args:
+            output_path: the Parquet file to write (parent folders are created; a file there is replaced). None: a
+                new file in the run folder (`lit_rec.run_dir`), `predictions.parquet`, or `predictions-1.parquet`,
+                ... when the name is taken.
         """
         super().__init__(write_interval="batch")
         self.output_path = None if output_path is None else Path(output_path)

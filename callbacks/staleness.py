@@ -29,9 +29,11 @@ class StalenessCallback(L.Callback):
     """
 
     def __init__(self, histogram_every_n_steps: int = 100, histogram_bins: int = 64) -> None:
-        """Args:
-        histogram_every_n_steps: server steps between two W&B histograms of Δ.
-        histogram_bins: histogram bins for Δ = 0 .. bins-1 (larger Δ fall in the last bin).
+        """Settings (each a config key).
+
+        Args:
+            histogram_every_n_steps: server steps between two W&B histograms of Δ.
+            histogram_bins: histogram bins for Δ = 0 .. bins-1 (larger Δ fall in the last bin).
         """
         self.histogram_every_n_steps = histogram_every_n_steps
         self.histogram_bins = histogram_bins

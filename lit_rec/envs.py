@@ -86,12 +86,14 @@ class ReplayEnv:
     """Offline replay one step at a time (a contextual bandit): the state is `replay_windows`' history of the current event."""
 
     def __init__(self, tensors: Any, num_envs: int, train_negatives: int, seed: int, device: torch.device | str = "cpu") -> None:
-        """Args:
-        tensors: the datamodule's `RecTensors` (uses `train`, `train_offsets`, `train_sequence`, sizes).
-        num_envs: user slots stepped at once (the batch size of the environment).
-        train_negatives: random items beside the logged positive at each step.
-        seed: seed of the user order and of every candidate draw.
-        device: where the environment's tensors live.
+        """Settings (each a config key).
+
+        Args:
+            tensors: the datamodule's `RecTensors` (uses `train`, `train_offsets`, `train_sequence`, sizes).
+            num_envs: user slots stepped at once (the batch size of the environment).
+            train_negatives: random items beside the logged positive at each step.
+            seed: seed of the user order and of every candidate draw.
+            device: where the environment's tensors live.
         """
         self.device = torch.device(device)
         self.num_envs = num_envs

@@ -110,14 +110,16 @@ class SeqEncoder(nn.Module):
         dropout: float = 0.2,
         item_init_std: float = 0.02,
     ) -> None:
-        """Args:
-        num_items: catalogue size (ids 1..num_items; 0 is PAD).
-        dim: width of the embeddings, the Transformer and the state (the teacher/student knob).
-        history_len: longest history; histories are `(B, L)` with L <= history_len.
-        num_layers: causal Transformer blocks.
-        num_heads: attention heads per block (must divide dim).
-        dropout: dropout of embeddings, attention and MLPs during training.
-        item_init_std: standard deviation of the item embeddings at initialisation.
+        """Settings (each a config key).
+
+        Args:
+            num_items: catalogue size (ids 1..num_items; 0 is PAD).
+            dim: width of the embeddings, the Transformer and the state (the teacher/student knob).
+            history_len: longest history; histories are `(B, L)` with L <= history_len.
+            num_layers: causal Transformer blocks.
+            num_heads: attention heads per block (must divide dim).
+            dropout: dropout of embeddings, attention and MLPs during training.
+            item_init_std: standard deviation of the item embeddings at initialisation.
         """
         super().__init__()
         self.num_items = num_items
@@ -170,8 +172,10 @@ class QHead(nn.Module):
     """Q(state, item) = <W state + b, item vector>: a bilinear score of every candidate (W starts as the identity: SASRec's dot product)."""
 
     def __init__(self, dim: int) -> None:
-        """Args:
-        dim: width of the state and of the item vectors.
+        """Settings (each a config key).
+
+        Args:
+            dim: width of the state and of the item vectors.
         """
         super().__init__()
         self.query = nn.Linear(dim, dim)
@@ -197,8 +201,10 @@ class CriticHead(nn.Module):
     """State value V(state) from a small MLP."""
 
     def __init__(self, dim: int) -> None:
-        """Args:
-        dim: width of the state.
+        """Settings (each a config key).
+
+        Args:
+            dim: width of the state.
         """
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import polars as pl
 import pytest
 import torch
 
@@ -52,6 +53,17 @@ def test_every_method_on_ddp_sim_evaluates_as_one_process(cli_runs, tmp_path: Pa
     assert code == 0, log[-4000:]
     assert cli_runs.server.wait(plain_pid) == 0, (plain / "log.txt").read_text()[-4000:]
     assert_same_figures(csv_test_metrics(plain), read_metrics(one / "linucb.test")[0], "train.py test on ddp_sim")
+    # `train.py predict` on ddp_sim without a path: one file in the run folder, no rank parts left, the rows of one process
+    frames = {}
+    for trainer in ("ddp_sim", "cpu"):
+        folder = tmp_path / f"predict_{trainer}"
+        folder.mkdir()
+        pid = cli_runs.server.start(cli_runs.eval_args("seqrec", "predict", trainer, folder), folder, folder / "log.txt")
+        assert cli_runs.server.wait(pid) == 0, (folder / "log.txt").read_text()[-4000:]
+        (written,) = [p for p in folder.rglob("*.parquet") if "cache" not in p.parts]
+        assert written.name == "predictions.parquet", written
+        frames[trainer] = pl.read_parquet(written).sort("user", "rank")
+    assert frames["cpu"].height > 0 and frames["ddp_sim"].equals(frames["cpu"])
 
     for method in ALL_METHODS:
         fit = read_metrics(ddp / f"{method}.fit")

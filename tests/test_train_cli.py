@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -204,8 +205,22 @@ def test_a_method_s_keys_are_listed_with_types_and_defaults(capsys: pytest.Captu
     with pytest.raises(SystemExit) as exit_info:
         make_cli(["fit", "--model.help", "lit_rec.modules.linucb.LinUCB"])
     assert exit_info.value.code in (0, None)
-    out = capsys.readouterr().out
-    assert "--model.alpha ALPHA" in out and "(type: float, default: 0.5)" in out
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--model.alpha ALPHA width of the exploration bonus during training. (type: float, default: 0.5)" in out
+
+
+def test_help_documents_every_key_of_every_method(capsys: pytest.CaptureFixture) -> None:
+    """`--print_config` has no comments (no ruamel.yaml); `--model.help CLASS` and `--help` carry each key's doc."""
+    from lit_rec.reproduce.methods import config_names
+
+    for class_path in sorted({method_config(ROOT / "configs" / f"{m}.yaml")["model"]["class_path"] for m in config_names()}):
+        with pytest.raises(SystemExit):
+            make_cli(["fit", "--model.help", class_path])
+        out = capsys.readouterr().out
+        options = out[out.index("\n  --model."):]
+        blocks = [" ".join(b.split()) for b in re.split(r"\n  (?=--model\.)", options)[1:]]
+        undocumented = [b.split()[0] for b in blocks if "(type:" in b and len(b.split("(type:", 1)[0].split()) <= 2]
+        assert not undocumented, f"{class_path}: {undocumented}"
 
 
 def test_a_wandb_run_is_named_grouped_and_tagged_by_method_data_and_seed() -> None:

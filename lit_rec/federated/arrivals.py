@@ -41,10 +41,12 @@ class ArrivalModel:
     synchronous = False
 
     def __init__(self, events_per_client: Tensor, cohort_size: int, seed: int) -> None:
-        """Args:
-        events_per_client: train events of each client `(U,)`; activity sets how often a client reports.
-        cohort_size: clients reporting per server step.
-        seed: seed of the model's generator.
+        """Settings (each a config key).
+
+        Args:
+            events_per_client: train events of each client `(U,)`; activity sets how often a client reports.
+            cohort_size: clients reporting per server step.
+            seed: seed of the model's generator.
         """
         if int((events_per_client > 0).sum()) == 0:
             raise ValueError(f"{type(self).__name__}: no client has a train event")
@@ -124,9 +126,11 @@ class ExponentialArrivals(ArrivalModel):
     """
 
     def __init__(self, events_per_client: Tensor, cohort_size: int, seed: int, concurrency: int = 0, delay_spread: float = 1.0) -> None:
-        """Args:
-        concurrency: devices training at once (0: 2 x cohort_size); at most the active clients.
-        delay_spread: standard deviation of the log of the devices' mean delays.
+        """Settings (each a config key).
+
+        Args:
+            concurrency: devices training at once (0: 2 x cohort_size); at most the active clients.
+            delay_spread: standard deviation of the log of the devices' mean delays.
         """
         super().__init__(events_per_client, cohort_size, seed)
         active = int((self.activity > 0).sum())

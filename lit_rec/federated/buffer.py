@@ -16,11 +16,13 @@ class VersionBuffer:
     """
 
     def __init__(self, capacity: int, num_params: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
-        """Args:
-        capacity: versions kept (max_staleness + 1).
-        num_params: length of a flat parameter vector.
-        dtype: storage type of the versions.
-        device: where the versions live.
+        """Settings (each a config key).
+
+        Args:
+            capacity: versions kept (max_staleness + 1).
+            num_params: length of a flat parameter vector.
+            dtype: storage type of the versions.
+            device: where the versions live.
         """
         if capacity < 1:
             raise ValueError(f"VersionBuffer capacity must be >= 1, got {capacity}")

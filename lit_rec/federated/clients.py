@@ -19,10 +19,12 @@ class Clients:
     """
 
     def __init__(self, offsets: Tensor, private_dim: int = 0, private_lr: float = 0.1) -> None:
-        """Args:
-        offsets: train CSR offsets `(U+1,)`.
-        private_dim: width of each client's private user vector (0: no personalisation).
-        private_lr: step size of the clients' local SGD on their private vectors.
+        """Settings (each a config key).
+
+        Args:
+            offsets: train CSR offsets `(U+1,)`.
+            private_dim: width of each client's private user vector (0: no personalisation).
+            private_lr: step size of the clients' local SGD on their private vectors.
         """
         self.offsets = offsets
         self.lengths = offsets[1:] - offsets[:-1]

@@ -32,13 +32,15 @@ class GaussianMechanism:
     """
 
     def __init__(self, noise_multiplier: float, clip_norm: float, sample_rate: float, expected_clients: float, delta: float = 1e-5, seed: int = 0) -> None:
-        """Args:
-        noise_multiplier: σ, the noise's standard deviation in units of `clip_norm`.
-        clip_norm: C, the L2 bound of each client's update.
-        sample_rate: q, each client's probability of reporting in a round.
-        expected_clients: q x number of clients, the denominator of the noisy mean.
-        delta: the δ at which epsilon is reported.
-        seed: seed of the noise generator.
+        """Settings (each a config key).
+
+        Args:
+            noise_multiplier: σ, the noise's standard deviation in units of `clip_norm`.
+            clip_norm: C, the L2 bound of each client's update.
+            sample_rate: q, each client's probability of reporting in a round.
+            expected_clients: q x number of clients, the denominator of the noisy mean.
+            delta: the δ at which epsilon is reported.
+            seed: seed of the noise generator.
         """
         if noise_multiplier <= 0 or clip_norm <= 0:
             raise ValueError(f"noise_multiplier and clip_norm must be > 0, got {noise_multiplier} and {clip_norm}")

@@ -53,14 +53,16 @@ class Server:
         weight_b: float = 4.0,
         privacy: GaussianMechanism | None = None,
     ) -> None:
-        """Args:
-        parameters: the global model's parameters (read to store versions; the module's optimiser updates them).
-        max_staleness: versions older than `version - max_staleness` are not stored.
-        weighting: staleness weighting (`lit_rec.functional.staleness.WEIGHTINGS`).
-        weight_a: exponent (polynomial) or slope (hinge) of the weighting.
-        weight_b: hinge point b of the hinge weighting.
-        privacy: with a mechanism, every step applies its noisy mean of the weighted sum (fixed
-            denominator, step size not rescaled: the count must not leak), even for an empty cohort.
+        """Settings (each a config key).
+
+        Args:
+            parameters: the global model's parameters (read to store versions; the module's optimiser updates them).
+            max_staleness: versions older than `version - max_staleness` are not stored.
+            weighting: staleness weighting (`lit_rec.functional.staleness.WEIGHTINGS`).
+            weight_a: exponent (polynomial) or slope (hinge) of the weighting.
+            weight_b: hinge point b of the hinge weighting.
+            privacy: with a mechanism, every step applies its noisy mean of the weighted sum (fixed
+                denominator, step size not rescaled: the count must not leak), even for an empty cohort.
         """
         self.parameters = list(parameters)
         self.max_staleness = max_staleness

@@ -76,12 +76,14 @@ class A2CD(SynchronousA2C):
         client_chunk: int = 64,
         **kwargs: Any,
     ) -> None:
-        """Args:
-        local_steps: local SGD steps per client and round, each on the client's next window of `t_max` events.
-        client_lr: local SGD step size.
-        aggregation: how the server averages the model changes: weighted by the events each client
-            trained (FedAvg's n_k) or one vote per `clients`.
-        client_chunk: clients whose models are held at once (bounds memory to chunk x model).
+        """Settings (each a config key).
+
+        Args:
+            local_steps: local SGD steps per client and round, each on the client's next window of `t_max` events.
+            client_lr: local SGD step size.
+            aggregation: how the server averages the model changes: weighted by the events each client
+                trained (FedAvg's n_k) or one vote per `clients`.
+            client_chunk: clients whose models are held at once (bounds memory to chunk x model).
         """
         super().__init__(**kwargs)
         if aggregation not in ("events", "clients"):

@@ -90,23 +90,25 @@ class ActorCriticBase(RecModule):
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        """Args:
-        t_max: events a client replays per rollout, trained as one window (None: `history_len`, at most that).
-        gamma: discount factor of the critic's returns.
-        ce_weight: weight of the actor's plain cross-entropy of the logged item (the supervised signal).
-        pg_weight: weight of the advantage in the actor's cross-entropy weight (0: supervised actor only).
-        value_coef: weight of the value loss.
-        entropy_coef: weight of the entropy bonus.
-        clip_norm: L2 bound of each client's gradient (A2C-F: of the pooled gradient); None: no clipping.
-        lr: server learning rate (DADRL: before the staleness multiplier).
-        server_optimizer: `adam`, or `sgd` (with lr 1 and A2C-D: plain FedAvg).
-        adam_betas: the server's Adam betas.
-        cohort_size: clients per server step; None: the data's batch size / local_steps, so an
-            epoch is about one pass over the train events.
-        encoder: the SASRec encoder's shape (`lit_rec.networks.EncoderConfig`).
-        softmax: the actor's columns: the `full` catalogue, or a `sampled` logQ-corrected softmax (one sample per server step).
-        sampled_negatives: items per server step of the sampled softmax.
-        seed: seed of the initialisation, the arrival model and the samplers.
+        """Settings (each a config key).
+
+        Args:
+            t_max: events a client replays per rollout, trained as one window (None: `history_len`, at most that).
+            gamma: discount factor of the critic's returns.
+            ce_weight: weight of the actor's plain cross-entropy of the logged item (the supervised signal).
+            pg_weight: weight of the advantage in the actor's cross-entropy weight (0: supervised actor only).
+            value_coef: weight of the value loss.
+            entropy_coef: weight of the entropy bonus.
+            clip_norm: L2 bound of each client's gradient (A2C-F: of the pooled gradient); None: no clipping.
+            lr: server learning rate (DADRL: before the staleness multiplier).
+            server_optimizer: `adam`, or `sgd` (with lr 1 and A2C-D: plain FedAvg).
+            adam_betas: the server's Adam betas.
+            cohort_size: clients per server step; None: the data's batch size / local_steps, so an
+                epoch is about one pass over the train events.
+            encoder: the SASRec encoder's shape (`lit_rec.networks.EncoderConfig`).
+            softmax: the actor's columns: the `full` catalogue, or a `sampled` logQ-corrected softmax (one sample per server step).
+            sampled_negatives: items per server step of the sampled softmax.
+            seed: seed of the initialisation, the arrival model and the samplers.
         """
         super().__init__(**kwargs)
         encoder = EncoderConfig.of(encoder)

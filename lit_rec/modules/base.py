@@ -44,16 +44,18 @@ class RecModule(L.LightningModule):
         train_negatives: int = 10,
         predict_top_k: int = 10,
     ) -> None:
-        """Args:
-        num_items: catalogue size (items are 1..num_items, 0 is PAD); linked from the data.
-        num_users: number of users; linked from the data.
-        history_len: items in a state and in a training window; linked from the data's `history_len`.
-        train_negatives: random items beside the logged one in a training candidate set (`train/ctr`,
-            LinUCB's decisions, DRL-Rec's lessons); linked from the data's `train_negatives`.
-        eval_ks: numbers of random negatives per positive for CTR@k.
-        full_ranking: also compute hr@10_full / ndcg@10_full against every item.
-        eval_chunk_size: rows scored at once against the full catalogue.
-        predict_top_k: recommendations per user that `predict_step` returns (what `callbacks.PredictionWriter` writes).
+        """Settings (each a config key).
+
+        Args:
+            num_items: catalogue size (items are 1..num_items, 0 is PAD); linked from the data.
+            num_users: number of users; linked from the data.
+            history_len: items in a state and in a training window; linked from the data's `history_len`.
+            train_negatives: random items beside the logged one in a training candidate set (`train/ctr`,
+                LinUCB's decisions, DRL-Rec's lessons); linked from the data's `train_negatives`.
+            eval_ks: numbers of random negatives per positive for CTR@k.
+            full_ranking: also compute hr@10_full / ndcg@10_full against every item.
+            eval_chunk_size: rows scored at once against the full catalogue.
+            predict_top_k: recommendations per user that `predict_step` returns (what `callbacks.PredictionWriter` writes).
         """
         super().__init__()
         if num_items < 2:

@@ -59,27 +59,29 @@ class DADRL(ActorCriticBase):
         dp_delta: float = 1e-5,
         **kwargs: Any,
     ) -> None:
-        """Args:
-        aggregation: how the server averages the client updates: weighted by the events each trained
-            (FedAvg's n_k; every event counts once, as in a pooled gradient) or one vote per `clients`.
-        personalization: private user vectors on the clients.
-        private_lr: step size of the clients' local SGD on their private vectors.
-        arrival: `sessions`, `exponential`, `synchronous` or `poisson` (each client independently
-            with probability cohort_size / clients: what differential privacy needs).
-        concurrency: devices training at once with exponential arrivals (0: 2 x cohort_size).
-        delay_spread: log-normal spread of the devices' mean delays (exponential arrivals).
-        weighting: staleness weight s(Δ): constant, polynomial (1+Δ)^-a, hinge, fedbuff 1/sqrt(1+Δ).
-        weight_a: a of the polynomial and hinge weights.
-        weight_b: b of the hinge weight.
-        max_staleness: versions kept by the server (ring buffer of max_staleness + 1).
-        stale_policy: a client whose version left the buffer is `drop`ped, `clamp`ed to the oldest
-            stored version, or `refresh`ed to the latest.
-        client_chunk: clients whose gradients are held at once with `clip_norm` set (bounds memory to chunk x model).
-        dp_noise_multiplier: > 0 turns on user-level differential privacy (`poisson` arrivals): each
-            client's update is clipped to `clip_norm`, the server adds Gaussian noise of std
-            `dp_noise_multiplier * clip_norm` to their sum, and opacus's RDP accountant logs
-            `privacy/epsilon` at `dp_delta`.
-        dp_delta: the δ at which epsilon is reported.
+        """Settings (each a config key).
+
+        Args:
+            aggregation: how the server averages the client updates: weighted by the events each trained
+                (FedAvg's n_k; every event counts once, as in a pooled gradient) or one vote per `clients`.
+            personalization: private user vectors on the clients.
+            private_lr: step size of the clients' local SGD on their private vectors.
+            arrival: `sessions`, `exponential`, `synchronous` or `poisson` (each client independently
+                with probability cohort_size / clients: what differential privacy needs).
+            concurrency: devices training at once with exponential arrivals (0: 2 x cohort_size).
+            delay_spread: log-normal spread of the devices' mean delays (exponential arrivals).
+            weighting: staleness weight s(Δ): constant, polynomial (1+Δ)^-a, hinge, fedbuff 1/sqrt(1+Δ).
+            weight_a: a of the polynomial and hinge weights.
+            weight_b: b of the hinge weight.
+            max_staleness: versions kept by the server (ring buffer of max_staleness + 1).
+            stale_policy: a client whose version left the buffer is `drop`ped, `clamp`ed to the oldest
+                stored version, or `refresh`ed to the latest.
+            client_chunk: clients whose gradients are held at once with `clip_norm` set (bounds memory to chunk x model).
+            dp_noise_multiplier: > 0 turns on user-level differential privacy (`poisson` arrivals): each
+                client's update is clipped to `clip_norm`, the server adds Gaussian noise of std
+                `dp_noise_multiplier * clip_norm` to their sum, and opacus's RDP accountant logs
+                `privacy/epsilon` at `dp_delta`.
+            dp_delta: the δ at which epsilon is reported.
         """
         super().__init__(**kwargs)
         if aggregation not in ("events", "clients"):

@@ -74,24 +74,26 @@ class DQN(RecModule):
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        """Args:
-        double: Double DQN target (argmax by the online network, value by the target network).
-        gamma: discount factor.
-        td_weight: weight of the TD loss.
-        ce_weight: weight of the supervised cross-entropy over the Q-values (0: pure Q-learning).
-        loss: TD loss: `huber` or `mse`.
-        td_actions: unclicked actions per step (drawn uniformly, shared by the batch) whose TD errors (target
-            gamma V(s'), reward 0) join the logged action's; 0: the logged action only (SQN).
-        lr: Adam learning rate.
-        weight_decay: Adam weight decay.
-        max_grad_norm: gradient clipping by global norm (0 disables it).
-        encoder: the SASRec encoder's shape (`lit_rec.networks.EncoderConfig`).
-        softmax: columns of a training step: `full` catalogue, or a `sampled` logQ-corrected softmax.
-        sampled_negatives: items per batch of the sampled softmax.
-        target_update: `soft` blends the online weights into the target networks with weight `target_tau`; `hard` copies them.
-        target_tau: blend weight of the soft update (ignored by `hard`).
-        target_every_n_steps: optimizer steps between two target updates.
-        seed: seed of the network initialisation and of the samplers.
+        """Settings (each a config key).
+
+        Args:
+            double: Double DQN target (argmax by the online network, value by the target network).
+            gamma: discount factor.
+            td_weight: weight of the TD loss.
+            ce_weight: weight of the supervised cross-entropy over the Q-values (0: pure Q-learning).
+            loss: TD loss: `huber` or `mse`.
+            td_actions: unclicked actions per step (drawn uniformly, shared by the batch) whose TD errors (target
+                gamma V(s'), reward 0) join the logged action's; 0: the logged action only (SQN).
+            lr: Adam learning rate.
+            weight_decay: Adam weight decay.
+            max_grad_norm: gradient clipping by global norm (0 disables it).
+            encoder: the SASRec encoder's shape (`lit_rec.networks.EncoderConfig`).
+            softmax: columns of a training step: `full` catalogue, or a `sampled` logQ-corrected softmax.
+            sampled_negatives: items per batch of the sampled softmax.
+            target_update: `soft` blends the online weights into the target networks with weight `target_tau`; `hard` copies them.
+            target_tau: blend weight of the soft update (ignored by `hard`).
+            target_every_n_steps: optimizer steps between two target updates.
+            seed: seed of the network initialisation and of the samplers.
         """
         super().__init__(**kwargs)
         encoder = EncoderConfig.of(encoder)

@@ -73,35 +73,37 @@ class DRLRecStudent(DQN):
         encoder: EncoderConfig = EncoderConfig(dim=32),
         **kwargs: Any,
     ) -> None:
-        """Args:
-        teacher_ckpt: checkpoint of the teacher (a `DQN` run, e.g. configs/drlrec_teacher.yaml): frozen, read at
-            fit start, never saved with the student; none: a teacher of shape `teacher_encoder` is co-trained
-            from scratch (official code).
-        distill: learn from the teacher at all; false gives the student alone (`w_rl` x its own DDQN loss).
-        co_train: keep training the loaded teacher on its own DDQN loss alongside the student (it is then
-            read at construction and saved in the student's checkpoints).
-        w_rl: weight of the student's own DDQN loss.
-        w_kl: weight of the list-wise KL loss.
-        w_hint: weight of the hint loss.
-        temperature: softmax temperature tau of the KL (the loss is multiplied by tau^2).
-        explore_filter: distil on each state's filtered lessons (teacher top-k + student top-k of
-            `num_candidates` explored items); false distils on the transition's own candidates.
-        confidence: weight each state's distillation terms by the teacher's confidence; false: weight 1.
-        confidence_formula: `batch_max` (official code: 1 - delta / max delta over the batch) or `exp`
-            (exp(-delta / sigma^2), sigma^2 a running mean of delta over the batches of every rank).
-        min_confidence: lower clamp of every confidence (1 is the upper clamp).
-        confidence_momentum: weight of the past in the running sigma^2 of `exp`.
-        kl: include the KL term.
-        hint: include the hint term.
-        distill_states: distil at this many of a batch's states, drawn at random each step (the student's own
-            loss still covers every position); none: at every state with a next state.
-        num_candidates: explored candidates per state (the transition's candidates first, then samples).
-        top_k: lessons taken from the teacher's ranking and, separately, from the student's.
-        popularity_fraction: share of the sampled candidates drawn by popularity (the rest uniformly).
-        teacher_encoder: the teacher's encoder: its width is the hint's (sizes the hint projection; a loaded
-            teacher must match it); its whole shape builds a teacher co-trained from scratch.
-        double: Double-DQN target for the student (the official "DDQN").
-        encoder: the student's encoder: the teacher's shape, narrower (its width is that of the hint and item vectors).
+        """Settings (each a config key).
+
+        Args:
+            teacher_ckpt: checkpoint of the teacher (a `DQN` run, e.g. configs/drlrec_teacher.yaml): frozen, read at
+                fit start, never saved with the student; none: a teacher of shape `teacher_encoder` is co-trained
+                from scratch (official code).
+            distill: learn from the teacher at all; false gives the student alone (`w_rl` x its own DDQN loss).
+            co_train: keep training the loaded teacher on its own DDQN loss alongside the student (it is then
+                read at construction and saved in the student's checkpoints).
+            w_rl: weight of the student's own DDQN loss.
+            w_kl: weight of the list-wise KL loss.
+            w_hint: weight of the hint loss.
+            temperature: softmax temperature tau of the KL (the loss is multiplied by tau^2).
+            explore_filter: distil on each state's filtered lessons (teacher top-k + student top-k of
+                `num_candidates` explored items); false distils on the transition's own candidates.
+            confidence: weight each state's distillation terms by the teacher's confidence; false: weight 1.
+            confidence_formula: `batch_max` (official code: 1 - delta / max delta over the batch) or `exp`
+                (exp(-delta / sigma^2), sigma^2 a running mean of delta over the batches of every rank).
+            min_confidence: lower clamp of every confidence (1 is the upper clamp).
+            confidence_momentum: weight of the past in the running sigma^2 of `exp`.
+            kl: include the KL term.
+            hint: include the hint term.
+            distill_states: distil at this many of a batch's states, drawn at random each step (the student's own
+                loss still covers every position); none: at every state with a next state.
+            num_candidates: explored candidates per state (the transition's candidates first, then samples).
+            top_k: lessons taken from the teacher's ranking and, separately, from the student's.
+            popularity_fraction: share of the sampled candidates drawn by popularity (the rest uniformly).
+            teacher_encoder: the teacher's encoder: its width is the hint's (sizes the hint projection; a loaded
+                teacher must match it); its whole shape builds a teacher co-trained from scratch.
+            double: Double-DQN target for the student (the official "DDQN").
+            encoder: the student's encoder: the teacher's shape, narrower (its width is that of the hint and item vectors).
         """
         encoder, teacher_encoder = EncoderConfig.of(encoder), EncoderConfig.of(teacher_encoder)
         super().__init__(double=double, encoder=encoder, **kwargs)

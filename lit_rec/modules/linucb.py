@@ -48,13 +48,15 @@ class LinUCB(StatisticsModule):
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        """Args:
-        alpha: width of the exploration bonus during training.
-        ridge: ridge regulariser lambda (A starts at lambda * I).
-        rank: dimension of the SVD item factors.
-        context_len: most recent items of the history whose mean factor is the state (at most history_len);
-            the whole 50-item history of the MovieLens configs diluted it (BENCHMARKS.md, Learning).
-        seed: seed of the SVD and of the training-time candidate sampler.
+        """Settings (each a config key).
+
+        Args:
+            alpha: width of the exploration bonus during training.
+            ridge: ridge regulariser lambda (A starts at lambda * I).
+            rank: dimension of the SVD item factors.
+            context_len: most recent items of the history whose mean factor is the state (at most history_len);
+                the whole 50-item history of the MovieLens configs diluted it (BENCHMARKS.md, Learning).
+            seed: seed of the SVD and of the training-time candidate sampler.
         """
         super().__init__(**kwargs)
         if context_len < 1:

@@ -16,8 +16,10 @@ class Popularity(StatisticsModule):
     """Counts train clicks per item while iterating the train split, and scores items by count."""
 
     def __init__(self, seed: int = 0, **kwargs: Any) -> None:
-        """Args:
-        seed: seed of the training-time candidate sampler.
+        """Settings (each a config key).
+
+        Args:
+            seed: seed of the training-time candidate sampler.
         """
         super().__init__(**kwargs)
         self.rng = SeededGenerator(seed)

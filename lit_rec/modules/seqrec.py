@@ -30,13 +30,15 @@ class SeqRec(RecModule):
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        """Args:
-        encoder: the SASRec encoder's shape (`lit_rec.networks.EncoderConfig`).
-        lr: Adam learning rate.
-        weight_decay: Adam L2 penalty.
-        softmax: `full` (every item, one matrix product) or `sampled` (logQ-corrected, for huge catalogues).
-        sampled_negatives: items per batch of the sampled softmax.
-        seed: seed of the network's initialisation and of the samplers.
+        """Settings (each a config key).
+
+        Args:
+            encoder: the SASRec encoder's shape (`lit_rec.networks.EncoderConfig`).
+            lr: Adam learning rate.
+            weight_decay: Adam L2 penalty.
+            softmax: `full` (every item, one matrix product) or `sampled` (logQ-corrected, for huge catalogues).
+            sampled_negatives: items per batch of the sampled softmax.
+            seed: seed of the network's initialisation and of the samplers.
         """
         super().__init__(**kwargs)
         self.save_hyperparameters(logger=False)  # the run config reaches the loggers once, nested (LogConfigCallback)

@@ -22,10 +22,12 @@ class CurveRecorder(L.Callback):
     """
 
     def __init__(self, every_n_steps: int = 1, x: str = "train/episodes", y: str = "train/ctr") -> None:
-        """Args:
-        every_n_steps: record one point per this many training batches.
-        x: the logged metric used as the x-axis.
-        y: the logged metric used as the y-axis.
+        """Settings (each a config key).
+
+        Args:
+            every_n_steps: record one point per this many training batches.
+            x: the logged metric used as the x-axis.
+            y: the logged metric used as the y-axis.
         """
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
