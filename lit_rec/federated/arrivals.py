@@ -43,6 +43,12 @@ class ArrivalModel:
     """Base class: `step()` returns the next `Cohort`; `synchronous` models compute on the latest version."""
 
     synchronous = False
+    clock: DeviceClock | None = None  # the device clock timing the model, if any
+
+    @property
+    def in_seconds(self) -> bool:
+        """Whether `now` counts simulated seconds of a device clock (else the model's own time units)."""
+        return self.clock is not None
 
     def __init__(self, events_per_client: Tensor, cohort_size: int, seed: int) -> None:
         """Args:

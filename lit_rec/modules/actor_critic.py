@@ -276,8 +276,10 @@ class ActorCriticBase(RecModule):
         return self.arrivals.now if self.arrivals is not None else 0.0
 
     def epoch_metrics(self, stage: str) -> dict[str, float]:
-        """`val/sim_time` beside every validation's `val/ctr@k` (one logged row: W&B charts one against the other)."""
-        return {"val/sim_time": self.sim_time} if stage == "val" else {}
+        """`val/sim_time` beside every validation's `val/ctr@k` (one logged row: W&B charts one against the other),
+        when the arrival model is timed by the device clock (its seconds; the older models' units are not comparable)."""
+        timed = self.arrivals is not None and self.arrivals.in_seconds
+        return {"val/sim_time": self.sim_time} if stage == "val" and timed else {}
 
     # ------------------------------------------------------------------ scoring
     def _user_vector(self, batch: dict[str, Tensor]) -> Tensor | None:

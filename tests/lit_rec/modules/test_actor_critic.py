@@ -352,6 +352,9 @@ def test_every_server_step_logs_its_simulated_time_and_every_validation_too(tmp_
     assert model.federated_stats.sim_time == model.sim_time
     assert model.last_metrics["val/sim_time"] == pytest.approx(model.sim_time)  # in the row of val/ctr@k
     assert "val/ctr@10" in model.last_metrics
+    shipped = fit(tmp_path / "shipped", "--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1").model
+    assert shipped.sim_time > 0 and not shipped.arrivals.in_seconds  # exponential arrivals: their own time units
+    assert "val/sim_time" not in shipped.last_metrics  # not charted against the clock's seconds
 
 
 def test_a2c_d_rounds_wait_for_the_slowest_member_or_drop_it_at_the_deadline_and_a2c_f_runs_in_a_datacenter(tmp_path):
