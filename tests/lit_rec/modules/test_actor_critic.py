@@ -381,14 +381,15 @@ class SaveRankParameters(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         flat = torch.cat([p.detach().reshape(-1) for p in pl_module.policy.parameters()])
-        torch.save({"flat": flat, "private": pl_module.clients.private, "step": trainer.global_step},
+        torch.save({"flat": flat, "private": pl_module.clients.private, "step": trainer.global_step, "sim_time": pl_module.sim_time},
                    Path(self.folder) / f"rank{trainer.global_rank}.pt")
 
 
 @pytest.mark.slow
-def test_ddp_ranks_hold_equal_parameters(tmp_path):
+@pytest.mark.parametrize("arrival", [[], CLOCK], ids=["shipped", "clock"])
+def test_ddp_ranks_hold_equal_parameters(tmp_path, arrival):
     cli = fit(tmp_path, "--trainer.strategy=ddp_spawn", "--trainer.devices=2", "--trainer.accelerator=cpu",
-              "--trainer.max_steps=4", "--trainer.limit_val_batches=0", run=False)
+              "--trainer.max_steps=4", "--trainer.limit_val_batches=0", *arrival, run=False)
     cli.trainer.callbacks.append(SaveRankParameters(str(tmp_path)))
     initial = torch.cat([p.detach().reshape(-1) for p in cli.model.policy.parameters()])
     # spawn pickles the trainer's tensors; the default file-descriptor sharing fails here
@@ -403,4 +404,5 @@ def test_ddp_ranks_hold_equal_parameters(tmp_path):
     assert rank0["step"] == rank1["step"] == 4
     assert not torch.equal(rank0["flat"], initial)
     assert torch.equal(rank0["flat"], rank1["flat"])
+    assert rank0["sim_time"] == rank1["sim_time"] > 0  # the same cohorts at the same simulated times
     assert torch.equal(rank0["private"], rank1["private"]) and rank0["private"].abs().sum() > 0
