@@ -19,11 +19,14 @@ Fields: `speedup_vs_a2c_d` = A2C-D's simulated time to the target / DADRL's (hea
 users 1-2999 in full mode, ML-100K with `--quick`), `ctr10_gap` = A2C-D's test CTR@10 - DADRL's (same
 runs), `control_speedup` = the same ratio with constant speeds; `tail_sweep` (none / moderate / heavy)
 and `k_sweep` (DADRL's buffer K = 16 / 64 / 128 with 256 devices training at once, heavy tail: the batch
-size is K, so an epoch stays one pass over the train events) give each case's times and ratio.
+size is K, so an epoch stays one pass over the train events) give each case's times and ratio;
+`a2c_d_deadline` is A2C-D with heavy tails and a 10 s round deadline (the late members dropped, as
+production FL does) and DADRL's speedup against it.
 
-Full mode: ML-100K then ML-1M users 1-2999, 9 runs each (A2C-F once; DADRL and A2C-D per tail; two
-more K), at most 40 epochs and 5 minutes of wall time a run: at most about 60 minutes of one core.
-`--quick`: ML-100K only, 30 s a run: about 5 minutes. One torch thread; progress on stderr.
+Full mode: ML-100K then ML-1M users 1-2999, 10 runs each (A2C-F once; DADRL and A2C-D per tail; A2C-D
+with a deadline; two more K), at most 40 epochs and 5 minutes of wall time a run (ML-100K's runs stop
+early, after about a minute): about 65 minutes of one core. `--quick`: ML-100K only, 30 s a run: about
+6 minutes. One torch thread; progress on stderr.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ TAILS = {  # the devices' speed distribution (median 50 events per simulated sec
 }
 CONFIGS = {"DADRL": "configs/dadrl.yaml", "A2C-D": "configs/a2c_d.yaml", "A2C-F": "configs/a2c_f.yaml"}
 METHOD_ARGS = {"DADRL": ["--model.init_args.arrival=clock"], "A2C-D": [], "A2C-F": []}
+DEADLINE = 10.0  # simulated seconds of A2C-D's rounds in its deadline run (heavy tail: about 7% of members late)
 K_SWEEP = (16, 64)  # besides the shipped K = 128 (the batch size), with the heavy tail
 K_CONCURRENCY = 256  # devices training at once in the K sweep (the shipped 2 x 128)
 SPEEDUP_DATASET = {"quick": "ml100k", "full": "ml1m"}
@@ -107,6 +111,8 @@ def bench_dataset(key: str, work: Path, cap: dict[str, Any], sweeps: bool, budge
         for method in ("DADRL", "A2C-D"):
             runs[f"{method} {tail}"] = run(settings, f"{key} {method} {tail}", method, TAILS[tail], cap)
     if sweeps:
+        runs["A2C-D heavy deadline"] = run(settings, f"{key} A2C-D heavy deadline", "A2C-D",
+                                           [*TAILS["heavy"], f"--model.init_args.deadline={DEADLINE}"], cap)
         for k in K_SWEEP:
             runs[f"DADRL heavy K={k}"] = run(settings, f"{key} DADRL heavy K={k}", "DADRL", [
                 *TAILS["heavy"], f"--data.batch_size={k}", f"--model.init_args.concurrency={K_CONCURRENCY}"], cap)
@@ -125,8 +131,13 @@ def bench_dataset(key: str, work: Path, cap: dict[str, Any], sweeps: bool, budge
     ks = {str(k): {"dadrl_sim_s": runs[name]["sim_s_to_target"], "speedup_vs_a2c_d": ratio(a2c_d, runs[name]["sim_s_to_target"]),
                    "test_ctr@10": runs[name]["test_ctr@10"]}
           for k, name in [(128, "DADRL heavy"), *((k, f"DADRL heavy K={k}") for k in K_SWEEP)] if name in runs}
+    deadline = runs.get("A2C-D heavy deadline")
     return {"target": round(target, 4), "target_rule": rule, "a2c_f_sim_s": runs["A2C-F"]["sim_s_to_target"],
-            "tail_sweep": tails, "k_sweep": ks, "runs": runs}
+            "tail_sweep": tails, "k_sweep": ks,
+            "a2c_d_deadline": None if deadline is None else {
+                "deadline_s": DEADLINE, "a2c_d_sim_s": deadline["sim_s_to_target"], "test_ctr@10": deadline["test_ctr@10"],
+                "speedup_vs_a2c_d_deadline": ratio(deadline["sim_s_to_target"], runs["DADRL heavy"]["sim_s_to_target"])},
+            "runs": runs}
 
 
 def main() -> None:
