@@ -41,7 +41,8 @@ class CTRLogger(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Makes `train/episodes` the x-axis of the training CTR curve in W&B, and `trainer/global_step` that of
         every validation metric (a metric defined by name loses the logger's `*` default, so `val/ctr@k`,
-        whose summary is its max, names its step metric again)."""
+        whose summary is its max, names its step metric again); defines the simulated time `val/sim_time`
+        (in every validation's row: the x-axis of CTR@k against simulated seconds) and `federated/sim_time`."""
         wandb_logger = find_wandb_logger(trainer)
         if wandb_logger is not None and trainer.is_global_zero:
             run = wandb_logger.experiment
@@ -50,6 +51,10 @@ class CTRLogger(L.Callback):
             run.define_metric("val/*", step_metric="trainer/global_step")
             for k in getattr(pl_module, "eval_ks", []):
                 run.define_metric(f"val/ctr@{k}", step_metric="trainer/global_step", summary="max")
+            # the federated methods' simulated seconds: logged in the row of every val/ctr@k, so a chart can take
+            # `val/sim_time` as its x-axis (CTR@10 against simulated time); `federated/sim_time` with every server step
+            run.define_metric("val/sim_time", step_metric="trainer/global_step", summary="max")
+            run.define_metric("federated/sim_time", step_metric="trainer/global_step", summary="max")
 
     def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:

@@ -1,8 +1,11 @@
 """Arrival models: which clients report at each server step, and which download the new version after it.
 
-Time is simulated in abstract units; only the order of events matters. Every model is
-vectorised over clients, draws from its own seeded generator (in its `state_dict`), and gives
-the same cohorts on every rank, so clients can be sharded across ranks by position.
+Every model keeps `now`, the simulated time of its last server step: simulated seconds of the
+device clock (`lit_rec.federated.clock.DeviceClock`) for `ClockArrivals` and for `SynchronousArrivals`
+given a clock; the older models' own units otherwise (`sessions`, `exponential`: their mean delays;
+`poisson`, and `synchronous` without a clock: one per round). Every model is vectorised over clients,
+draws from its own seeded generator (in its `state_dict`, with `now` and the clock), and gives the
+same cohorts on every rank, so clients can be sharded across ranks by position.
 Clients with no train events never report.
 """
 
@@ -14,9 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lit_rec.federated.clock import DeviceClock
 from lit_rec.sampling import SeededGenerator
 
-ARRIVALS = ("sessions", "exponential", "synchronous", "poisson")
+ARRIVALS = ("sessions", "exponential", "synchronous", "poisson", "clock")
 
 
 @dataclass
@@ -39,6 +43,12 @@ class ArrivalModel:
     """Base class: `step()` returns the next `Cohort`; `synchronous` models compute on the latest version."""
 
     synchronous = False
+    clock: DeviceClock | None = None  # the device clock timing the model, if any
+
+    @property
+    def in_seconds(self) -> bool:
+        """Whether `now` counts simulated seconds of a device clock (else the model's own time units)."""
+        return self.clock is not None
 
     def __init__(self, events_per_client: Tensor, cohort_size: int, seed: int) -> None:
         """Settings (each a config key).
@@ -54,29 +64,76 @@ class ArrivalModel:
         self.activity = events_per_client.double().cpu()
         self.log_activity = torch.where(self.activity > 0, self.activity.log(), torch.full_like(self.activity, -torch.inf))
         self.rng = SeededGenerator(seed)
+        self.now = 0.0  # simulated time of the last server step
 
     def step(self) -> Cohort:
-        """The clients reporting now and those downloading the next version."""
+        """The clients reporting now and those downloading the next version (and `now` moves on)."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        """Generator state (subclasses add their clocks)."""
-        return {"rng": self.rng.state_dict()}
+        """Generator state and the simulated time (subclasses add their devices' state)."""
+        return {"rng": self.rng.state_dict(), "now": self.now}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores what `state_dict` returned."""
+        """Restores what `state_dict` returned (a checkpoint from before the clock starts at time 0)."""
         self.rng.load_state_dict(state["rng"])
+        self.now = float(state.get("now", 0.0))
 
 
 class SynchronousArrivals(ArrivalModel):
-    """Synchronous rounds: a cohort drawn in proportion to activity downloads the latest version and reports."""
+    """Synchronous rounds: a cohort drawn in proportion to activity downloads the latest version and reports.
+
+    With a device clock a round lasts as long as its slowest member (`DeviceClock.duration` of its
+    `work`); with a `deadline` the members slower than it are dropped (their updates never reach the
+    server) and the round lasts the deadline. The clock has its own generator: the cohorts are
+    those of the clock-less rounds, whatever the clock.
+    """
 
     synchronous = True
 
+    def __init__(
+        self, events_per_client: Tensor, cohort_size: int, seed: int,
+        clock: DeviceClock | None = None, work: Tensor | None = None, deadline: float | None = None,
+    ) -> None:
+        """Settings (each a config key).
+
+        Args:
+            clock: the devices' speeds and delays (None: a round lasts one time unit).
+            work: events each client replays per round `(U,)` (with a clock).
+            deadline: simulated seconds after which a round's late members are dropped (None: wait for all).
+        """
+        super().__init__(events_per_client, cohort_size, seed)
+        if clock is not None and work is None:
+            raise ValueError("SynchronousArrivals: a clock needs each client's work per round")
+        if deadline is not None and (clock is None or deadline <= 0):
+            raise ValueError(f"SynchronousArrivals: a deadline needs a clock and must be > 0, got {deadline}")
+        self.clock, self.deadline = clock, deadline
+        self.work = None if work is None else work.double().cpu()
+
     def step(self) -> Cohort:
-        """A fresh cohort; it computes on the latest version (Δ = 0)."""
+        """A fresh cohort; it computes on the latest version (Δ = 0); members past the deadline drop out."""
         cohort = weighted_sample_without_replacement(self.log_activity, self.cohort_size, self.rng.generator)
-        return Cohort(reporting=cohort, downloading=cohort)
+        if self.clock is None or self.work is None:
+            self.now += 1.0
+            return Cohort(reporting=cohort, downloading=cohort)
+        seconds = self.clock.duration(cohort, self.work[cohort.cpu()])
+        on_time = seconds <= self.deadline if self.deadline is not None else torch.ones_like(seconds, dtype=torch.bool)
+        self.now += float(self.deadline) if not bool(on_time.all()) else float(seconds.max())
+        reporting = cohort[on_time.to(cohort.device)]
+        return Cohort(reporting=reporting, downloading=reporting)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Generator state, simulated time and the clock."""
+        state = super().state_dict()
+        if self.clock is not None:
+            state["clock"] = self.clock.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what `state_dict` returned."""
+        super().load_state_dict(state)
+        if self.clock is not None and "clock" in state:
+            self.clock.load_state_dict(state["clock"])
 
 
 class SessionArrivals(ArrivalModel):
@@ -102,8 +159,8 @@ class SessionArrivals(ArrivalModel):
     def step(self) -> Cohort:
         """The next `cohort_size` sessions report; the same devices download the new version."""
         times, cohort = self.next_session.topk(self.cohort_size, largest=False)
-        now = float(times.max())
-        self.next_session[cohort] = now + self._gaps(cohort)
+        self.now = float(times.max())
+        self.next_session[cohort] = self.now + self._gaps(cohort)
         return Cohort(reporting=cohort, downloading=cohort)
 
     def state_dict(self) -> dict[str, Any]:
@@ -116,13 +173,68 @@ class SessionArrivals(ArrivalModel):
         self.next_session.copy_(state["next_session"])
 
 
-class ExponentialArrivals(ArrivalModel):
-    """`concurrency` devices train at once; each reports after an exponential delay (its own mean).
+class BufferedArrivals(ArrivalModel):
+    """FedBuff-style: `concurrency` devices train at once; each server step applies the `cohort_size` earliest reports.
+
+    A device starts on the version current when it starts and reports `_durations` later. When the
+    K-th report of a buffer (K = `cohort_size`) arrives, the server steps (`now` = its arrival) and
+    as many idle devices, drawn in proportion to activity, download the new version and start in the
+    freed slots (a device that just reported may start again). Δ then comes from the clock: the
+    versions published while a device trained. K = 1: every update is applied when it arrives.
+    """
+
+    def __init__(self, events_per_client: Tensor, cohort_size: int, seed: int, concurrency: int = 0) -> None:
+        """Settings (each a config key).
+
+        Args:
+            concurrency: devices training at once (0: 2 x cohort_size); at least cohort_size, at most the active clients.
+        """
+        super().__init__(events_per_client, cohort_size, seed)
+        active = int((self.activity > 0).sum())
+        self.concurrency = max(self.cohort_size, min(concurrency or 2 * self.cohort_size, active))
+        self.slot_client = torch.zeros(0, dtype=torch.long)
+        self.slot_done = torch.zeros(0, dtype=torch.float64)
+
+    def _durations(self, clients: Tensor) -> Tensor:
+        """How long the updates of `clients (n,)` starting now take `(n,)`."""
+        raise NotImplementedError
+
+    def _start(self) -> None:
+        """The first `concurrency` devices, drawn in proportion to activity, start at time 0."""
+        self.slot_client = weighted_sample_without_replacement(self.log_activity, self.concurrency, self.rng.generator)
+        self.slot_done = self.now + self._durations(self.slot_client)
+
+    def step(self) -> Cohort:
+        """The earliest `cohort_size` running devices report; idle devices start in their slots."""
+        times, slots = self.slot_done.topk(self.cohort_size, largest=False)
+        self.now = float(times.max())
+        reporting = self.slot_client[slots].clone()
+        busy = torch.zeros(self.activity.numel(), dtype=torch.bool)
+        busy[self.slot_client] = True
+        busy[reporting] = False  # a device that just reported may start again
+        log_weights = self.log_activity.masked_fill(busy, -torch.inf)
+        starting = weighted_sample_without_replacement(log_weights, self.cohort_size, self.rng.generator)
+        self.slot_client[slots] = starting
+        self.slot_done[slots] = self.now + self._durations(starting)
+        return Cohort(reporting=reporting, downloading=starting)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Generator state, simulated time, and the running devices with their report times."""
+        return {**super().state_dict(), "slot_client": self.slot_client.clone(), "slot_done": self.slot_done.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what `state_dict` returned."""
+        super().load_state_dict(state)
+        self.slot_client, self.slot_done = state["slot_client"].clone(), state["slot_done"].clone()
+
+
+class ExponentialArrivals(BufferedArrivals):
+    """Buffered arrivals whose devices report after an exponential delay (its own mean), in abstract time units.
 
     Devices have mean delays drawn once from a log-normal with spread `delay_spread` (slow and
-    fast phones). When a cohort of the earliest `cohort_size` devices has reported, as many idle
-    devices (drawn in proportion to activity) download the new version and start. Δ then has
-    mean about `concurrency / cohort_size`, with a tail set by the slow devices.
+    fast phones). Δ then has mean about `concurrency / cohort_size`, with a tail set by the slow
+    devices. In distribution it is `ClockArrivals` with `lognormal` speeds (sigma = delay_spread),
+    every update one unit of work at median speed 1, no network delay and `exponential` jitter.
     """
 
     def __init__(self, events_per_client: Tensor, cohort_size: int, seed: int, concurrency: int = 0, delay_spread: float = 1.0) -> None:
@@ -132,45 +244,57 @@ class ExponentialArrivals(ArrivalModel):
             concurrency: devices training at once (0: 2 x cohort_size); at most the active clients.
             delay_spread: standard deviation of the log of the devices' mean delays.
         """
-        super().__init__(events_per_client, cohort_size, seed)
-        active = int((self.activity > 0).sum())
-        self.concurrency = max(self.cohort_size, min(concurrency or 2 * self.cohort_size, active))
+        super().__init__(events_per_client, cohort_size, seed, concurrency)
         g = self.rng.generator
         self.mean_delay = torch.exp(delay_spread * torch.randn(self.activity.numel(), generator=g, dtype=torch.float64))
-        self.slot_client = weighted_sample_without_replacement(self.log_activity, self.concurrency, g)
-        self.slot_done = self._delays(self.slot_client)
+        self._start()
 
-    def _delays(self, clients: Tensor) -> Tensor:
+    def _durations(self, clients: Tensor) -> Tensor:
+        """Exponential delays with each device's own mean."""
         exponential = torch.empty(clients.numel(), dtype=torch.float64).exponential_(generator=self.rng.generator)
         return exponential * self.mean_delay[clients]
 
-    def step(self) -> Cohort:
-        """The earliest `cohort_size` running devices report; idle devices start in their slots."""
-        times, slots = self.slot_done.topk(self.cohort_size, largest=False)
-        now = float(times.max())
-        reporting = self.slot_client[slots].clone()
-        busy = torch.zeros(self.activity.numel(), dtype=torch.bool)
-        busy[self.slot_client] = True
-        busy[reporting] = False  # a device that just reported may start again
-        log_weights = self.log_activity.masked_fill(busy, -torch.inf)
-        starting = weighted_sample_without_replacement(log_weights, self.cohort_size, self.rng.generator)
-        self.slot_client[slots] = starting
-        self.slot_done[slots] = now + self._delays(starting)
-        return Cohort(reporting=reporting, downloading=starting)
-
     def state_dict(self) -> dict[str, Any]:
-        """Generator state, devices' mean delays, and the running devices with their report times."""
-        return {
-            **super().state_dict(),
-            "mean_delay": self.mean_delay.clone(),
-            "slot_client": self.slot_client.clone(),
-            "slot_done": self.slot_done.clone(),
-        }
+        """Buffered state plus the devices' mean delays."""
+        return {**super().state_dict(), "mean_delay": self.mean_delay.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores what `state_dict` returned."""
         super().load_state_dict(state)
-        self.mean_delay, self.slot_client, self.slot_done = (state[k].clone() for k in ("mean_delay", "slot_client", "slot_done"))
+        self.mean_delay = state["mean_delay"].clone()
+
+
+class ClockArrivals(BufferedArrivals):
+    """Buffered arrivals on the device clock: an update takes `clock.duration(device, work)` simulated seconds.
+
+    `work (U,)`: events a client replays per update. The clock has its own generator (seeded alike
+    for every method, so DADRL and A2C-D simulate the same devices).
+    """
+
+    def __init__(self, events_per_client: Tensor, cohort_size: int, seed: int, clock: DeviceClock, work: Tensor, concurrency: int = 0) -> None:
+        """Settings (each a config key).
+
+        Args:
+            clock: the devices' speeds, delays and jitter.
+            work: events each client replays per update `(U,)`.
+            concurrency: devices training at once (0: 2 x cohort_size).
+        """
+        super().__init__(events_per_client, cohort_size, seed, concurrency)
+        self.clock, self.work = clock, work.double().cpu()
+        self._start()
+
+    def _durations(self, clients: Tensor) -> Tensor:
+        """Simulated seconds of the clients' updates on their devices."""
+        return self.clock.duration(clients, self.work[clients])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Buffered state plus the clock."""
+        return {**super().state_dict(), "clock": self.clock.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what `state_dict` returned."""
+        super().load_state_dict(state)
+        self.clock.load_state_dict(state["clock"])
 
 
 class PoissonArrivals(ArrivalModel):
@@ -190,18 +314,26 @@ class PoissonArrivals(ArrivalModel):
     def step(self) -> Cohort:
         """Clients drawn independently; the cohort may be empty (the server step still happens)."""
         draws = torch.rand(self.activity.numel(), generator=self.rng.generator, dtype=torch.float64)
+        self.now += 1.0
         cohort = torch.nonzero((draws < self.sample_rate) & self.active).squeeze(1)
         return Cohort(reporting=cohort, downloading=cohort)
 
 
-def make_arrivals(kind: str, events_per_client: Tensor, cohort_size: int, seed: int, concurrency: int = 0, delay_spread: float = 1.0) -> ArrivalModel:
-    """Builds one of `ARRIVALS`."""
+def make_arrivals(
+    kind: str, events_per_client: Tensor, cohort_size: int, seed: int, concurrency: int = 0, delay_spread: float = 1.0,
+    clock: DeviceClock | None = None, work: Tensor | None = None, deadline: float | None = None,
+) -> ArrivalModel:
+    """Builds one of `ARRIVALS`; `clock` and `work` time `clock` (needed) and `synchronous` rounds (with the optional `deadline`)."""
     if kind == "sessions":
         return SessionArrivals(events_per_client, cohort_size, seed)
     if kind == "exponential":
         return ExponentialArrivals(events_per_client, cohort_size, seed, concurrency, delay_spread)
     if kind == "synchronous":
-        return SynchronousArrivals(events_per_client, cohort_size, seed)
+        return SynchronousArrivals(events_per_client, cohort_size, seed, clock, work, deadline)
     if kind == "poisson":
         return PoissonArrivals(events_per_client, cohort_size, seed)
+    if kind == "clock":
+        if clock is None or work is None:
+            raise ValueError("arrival: clock needs a DeviceClock and each client's work per update")
+        return ClockArrivals(events_per_client, cohort_size, seed, clock, work, concurrency)
     raise ValueError(f"arrival must be one of {ARRIVALS}, got {kind!r}")

@@ -19,6 +19,7 @@ class FederatedStats:
     updates: client updates the server aggregated (all ranks).
     lr_scale: the step-size multiplier the server's step used.
     epsilon: differential privacy spent so far (None: privacy off).
+    sim_time: simulated time of this server step (the arrival model's `now`: seconds of the device clock).
     """
 
     staleness: Tensor
@@ -28,6 +29,7 @@ class FederatedStats:
     updates: int
     lr_scale: float
     epsilon: float | None = None
+    sim_time: float = 0.0
 
 
 @runtime_checkable

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from lit_rec.federated import FederatedStats, Windows
+from lit_rec.federated import DeviceClock, FederatedStats, Windows
 from lit_rec.federated.gradients import client_rows, client_shares, clipped, per_client_gradients, version_gradient
 from lit_rec.modules.actor_critic import ActorCriticBase
 
@@ -38,12 +38,12 @@ class SynchronousA2C(ActorCriticBase):
         mine = torch.arange(cohort.numel(), device=self.device)[self.global_rank :: self.trainer.world_size]  # this rank's share
 
         with self.client_math():
-            sent = self.send(version, mine, data)
+            sent = self.send(version, mine, data) if mine.numel() else []  # a deadline may drop a whole cohort
         step = self.server.step()
         self.apply_server_step(step)
 
         staleness = torch.zeros_like(version)
-        stats = FederatedStats(staleness, self.server.weights(staleness), cohort.numel(), 0, step.updates, step.lr_scale)
+        stats = FederatedStats(staleness, self.server.weights(staleness), cohort.numel(), 0, step.updates, step.lr_scale, sim_time=self.arrivals.now)
         self.end_round(cohort, keep, cohort_info.downloading, stats, sent)
 
     def send(self, version: Tensor, mine: Tensor, data: Windows) -> list[dict[str, Tensor]]:
@@ -53,6 +53,10 @@ class SynchronousA2C(ActorCriticBase):
 
 class A2CF(SynchronousA2C):
     """A2C-F: centralised synchronous A2C, one gradient of the cohort's pooled loss (every position counts once)."""
+
+    def make_clock(self, num_clients: int) -> DeviceClock:
+        """A datacenter: the cohort's windows in parallel at the devices' median speed, no network delay, no stragglers."""
+        return super().make_clock(num_clients).centralised()
 
     def send(self, version: Tensor, mine: Tensor, data: Windows) -> list[dict[str, Tensor]]:
         """One backward pass over every counted position of this rank's clients, clipped as a whole to `clip_norm`."""
@@ -74,6 +78,7 @@ class A2CD(SynchronousA2C):
         client_lr: float = 0.05,
         aggregation: Literal["events", "clients"] = "events",
         client_chunk: int = 64,
+        deadline: float | None = None,
         **kwargs: Any,
     ) -> None:
         """Settings (each a config key).
@@ -84,11 +89,16 @@ class A2CD(SynchronousA2C):
             aggregation: how the server averages the model changes: weighted by the events each client
                 trained (FedAvg's n_k) or one vote per `clients`.
             client_chunk: clients whose models are held at once (bounds memory to chunk x model).
+            deadline: simulated seconds a round waits; members slower than it are dropped (None: the
+                round waits for its slowest member, `clock`).
         """
         super().__init__(**kwargs)
         if aggregation not in ("events", "clients"):
             raise ValueError(f"aggregation must be 'events' or 'clients', got {aggregation!r}")
+        if deadline is not None and deadline <= 0:
+            raise ValueError(f"deadline must be > 0 simulated seconds (or null), got {deadline}")
         self.local_steps, self.client_lr, self.aggregation, self.client_chunk = local_steps, client_lr, aggregation, client_chunk
+        self.deadline = deadline
 
     def send(self, version: Tensor, mine: Tensor, data: Windows) -> list[dict[str, Tensor]]:
         """Each chunk of clients trains locally from the global model; the server gets their model changes and events."""

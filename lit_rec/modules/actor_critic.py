@@ -24,7 +24,7 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lit_rec.envs import replay_windows
-from lit_rec.federated import ArrivalModel, Clients, FederatedStats, FlatParameters, Server, ServerStep, Windows, make_arrivals
+from lit_rec.federated import ArrivalModel, Clients, DeviceClock, DeviceClockConfig, FederatedStats, FlatParameters, Server, ServerStep, Windows, make_arrivals
 from lit_rec.federated.gradients import write_flat_gradient
 from lit_rec.functional.a2c import window_a2c_loss
 from lit_rec.functional.next_item import TrainingSoftmax, cross_entropy, full_catalogue, greedy_hits, sampled_catalogue
@@ -70,6 +70,7 @@ class ActorCriticBase(RecModule):
     local_steps = 1  # windows each client trains per round
     personalization, private_lr = False, 0.0  # private user vectors on the clients, and their local step size
     arrival_kind, concurrency, delay_spread = "synchronous", 0, 1.0  # the arrival model (`make_arrivals`)
+    deadline: float | None = None  # synchronous rounds drop members slower than this (simulated seconds; A2C-D)
 
     def __init__(
         self,
@@ -85,6 +86,7 @@ class ActorCriticBase(RecModule):
         adam_betas: tuple[float, float] = (0.9, 0.999),
         cohort_size: int | None = None,
         encoder: EncoderConfig = EncoderConfig(),
+        clock: DeviceClockConfig = DeviceClockConfig(),
         softmax: Literal["full", "sampled"] = "full",
         sampled_negatives: int = 1024,
         seed: int = 0,
@@ -106,12 +108,15 @@ class ActorCriticBase(RecModule):
             cohort_size: clients per server step; None: the data's batch size / local_steps, so an
                 epoch is about one pass over the train events.
             encoder: the SASRec encoder's shape (`lit_rec.networks.EncoderConfig`).
+            clock: the simulated devices' speeds and network delays (`lit_rec.federated.DeviceClockConfig`):
+                how long each update takes in simulated seconds (`federated/sim_time`, `val/sim_time`).
             softmax: the actor's columns: the `full` catalogue, or a `sampled` logQ-corrected softmax (one sample per server step).
             sampled_negatives: items per server step of the sampled softmax.
             seed: seed of the initialisation, the arrival model and the samplers.
         """
         super().__init__(**kwargs)
         encoder = EncoderConfig.of(encoder)
+        self.clock_config = DeviceClockConfig.of(clock)
         t_max = self.history_len if t_max is None else t_max
         if not 1 <= t_max <= self.history_len:
             raise ValueError(f"t_max must be in 1..history_len={self.history_len} (one window per rollout), got {t_max}")
@@ -146,6 +151,10 @@ class ActorCriticBase(RecModule):
         """The versioned server of a synchronous method: every client computes on the latest version."""
         return Server(list(self.policy.parameters()), max_staleness=0)
 
+    def make_clock(self, num_clients: int) -> DeviceClock:
+        """The simulated devices (every method draws the same ones from the same seed)."""
+        return DeviceClock(self.clock_config, num_clients, self.seed + 4)
+
     def _build_federation(self) -> None:
         """Clients, arrival model and server on the module's device (once; restores a pending checkpoint)."""
         if self.clients is not None:
@@ -159,7 +168,10 @@ class ActorCriticBase(RecModule):
         if cohort is None:
             batch = getattr(self.trainer.datamodule, "batch_size", 256)
             cohort = max(1, batch // self.local_steps)
-        self.arrivals = make_arrivals(self.arrival_kind, self.clients.lengths, cohort, self.seed + 2, self.concurrency, self.delay_spread)
+        lengths = self.clients.lengths.cpu()
+        work = lengths.clamp_max(self.local_steps * self.t_max)  # events a client replays per update
+        self.arrivals = make_arrivals(self.arrival_kind, lengths, cohort, self.seed + 2, self.concurrency, self.delay_spread,
+                                      self.make_clock(lengths.numel()), work, self.deadline)
         self.server = self.make_server(self.arrivals, self.clients)
         if self._pending_state is not None:
             self.clients.load_state_dict(self._pending_state["clients"])
@@ -252,12 +264,24 @@ class ActorCriticBase(RecModule):
         self.clients.advance(cohort[keep], self.local_steps * self.t_max)
         self.clients.download(downloading.to(self.device), self.server.version)
         self.federated_stats = stats
+        self.log_step("federated/sim_time", stats.sim_time, mean=False)
         if not losses:
             return
         loss, hits, counts = (torch.cat([aux[key].reshape(-1) for aux in losses]) for key in ("loss", "hits", "count"))
         if int(counts.sum()) > 0:
             self.log_step("train/loss", loss.sum() / counts.sum(), prog_bar=True)
             self.log_train_ctr(hits.sum() / counts.sum(), int(counts.sum()))
+
+    @property
+    def sim_time(self) -> float:
+        """Simulated seconds of federated training so far (the arrival model's clock; 0 before it exists)."""
+        return self.arrivals.now if self.arrivals is not None else 0.0
+
+    def epoch_metrics(self, stage: str) -> dict[str, float]:
+        """`val/sim_time` beside every validation's `val/ctr@k` (one logged row: W&B charts one against the other),
+        when the arrival model is timed by the device clock (its seconds; the older models' units are not comparable)."""
+        timed = self.arrivals is not None and self.arrivals.in_seconds
+        return {"val/sim_time": self.sim_time} if stage == "val" and timed else {}
 
     # ------------------------------------------------------------------ scoring
     def _user_vector(self, batch: dict[str, Tensor]) -> Tensor | None:

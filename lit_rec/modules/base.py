@@ -203,10 +203,15 @@ class RecModule(L.LightningModule):
             self.full_metrics[stage].reset()
         self.metrics[stage].reset()
         self.metrics[f"{stage}_pop"].reset()
+        values.update(self.epoch_metrics(stage))
         self.log_dict(values, sync_dist=False)
         result = {k: float(v) for k, v in values.items()}
         self.last_metrics = {**self.last_metrics, **result}
         return result
+
+    def epoch_metrics(self, stage: str) -> dict[str, float]:
+        """A method's own values logged with a validation's or test's metrics (none here)."""
+        return {}
 
     def on_validation_epoch_end(self) -> None:
         """Logs `val/ctr@k`, `val/pop_ctr@k`, `val/auc`, ... once per validation."""

@@ -46,7 +46,7 @@ class DADRL(ActorCriticBase):
         aggregation: Literal["events", "clients"] = "events",
         personalization: bool = True,
         private_lr: float = 0.1,
-        arrival: Literal["sessions", "exponential", "synchronous", "poisson"] = "sessions",
+        arrival: Literal["sessions", "exponential", "synchronous", "poisson", "clock"] = "sessions",
         concurrency: int = 0,
         delay_spread: float = 1.0,
         weighting: Literal["constant", "polynomial", "hinge", "fedbuff"] = "polynomial",
@@ -66,9 +66,10 @@ class DADRL(ActorCriticBase):
                 (FedAvg's n_k; every event counts once, as in a pooled gradient) or one vote per `clients`.
             personalization: private user vectors on the clients.
             private_lr: step size of the clients' local SGD on their private vectors.
-            arrival: `sessions`, `exponential`, `synchronous` or `poisson` (each client independently
-                with probability cohort_size / clients: what differential privacy needs).
-            concurrency: devices training at once with exponential arrivals (0: 2 x cohort_size).
+            arrival: `clock` (FedBuff on the device clock `clock`: each buffer of cohort_size reports is
+                applied when its last arrives), `sessions`, `exponential`, `synchronous` or `poisson` (each
+                client independently with probability cohort_size / clients: what differential privacy needs).
+            concurrency: devices training at once with `clock` and `exponential` arrivals (0: 2 x cohort_size).
             delay_spread: log-normal spread of the devices' mean delays (exponential arrivals).
             weighting: staleness weight s(Δ): constant, polynomial (1+Δ)^-a, hinge, fedbuff 1/sqrt(1+Δ).
             weight_a: a of the polynomial and hinge weights.
@@ -137,7 +138,8 @@ class DADRL(ActorCriticBase):
             self.clients.update_private(cohort, private_grad)
         staleness = latest - version[keep]
         epsilon = self.server.privacy.epsilon if self.server.privacy is not None else None
-        stats = FederatedStats(staleness, self.server.weights(staleness), cohort.numel(), int((~keep).sum()), step.updates, step.lr_scale, epsilon)
+        stats = FederatedStats(staleness, self.server.weights(staleness), cohort.numel(), int((~keep).sum()), step.updates, step.lr_scale,
+                               epsilon, self.arrivals.now)
         self.end_round(cohort, keep, cohort_info.downloading, stats, [aux for _, aux, _ in sent])
 
     def send_per_client(self, version: Tensor, mine: Tensor, data: Windows, user_vectors: Tensor | None) -> list[tuple[Tensor, dict[str, Tensor], Tensor | None]]:

@@ -16,7 +16,7 @@ import torch
 
 from lit_rec.reproduce.curves import best_validation
 from lit_rec.reproduce.distill import distill_report, format_distill
-from lit_rec.reproduce.figures import plot_fig2
+from lit_rec.reproduce.figures import plot_fig2, plot_sim_time
 from lit_rec.reproduce.fit import RunResult, Settings, fit_and_test
 from lit_rec.reproduce.methods import CAPS, KS, MONITOR, PATIENCE, Method
 from lit_rec.reproduce.report import format_table1, table_rows
@@ -128,7 +128,7 @@ class Reproduction:
         (self.out / "runs.json").write_text(json.dumps(payload))
 
     def write_reports(self) -> None:
-        """table1.md/json, fig2_ctr.png, distill.md/json, and the W&B report run."""
+        """table1.md/json, fig2_ctr.png, fig2_sim_time.png (the federated methods), distill.md/json, and the W&B report run."""
         meta = self.meta()
         names = [m.name for m in self.methods]
         rows = table_rows(self.results, names)
@@ -136,6 +136,9 @@ class Reproduction:
         table = format_table1(rows, meta, self.failures)
         (self.out / "table1.md").write_text(table)
         plot_fig2(self.results, names, self.out / "fig2_ctr.png", meta)
+        sim_time_figure = self.out / "fig2_sim_time.png"
+        if not plot_sim_time(self.results, sim_time_figure, meta):
+            sim_time_figure.unlink(missing_ok=True)  # an earlier reproduction's
         distill = distill_report(self.results, self.methods, self.settings.budget, self.out / "checkpoints")
         for result in self.results:
             result.module = None
@@ -143,7 +146,8 @@ class Reproduction:
             (self.out / "distill.json").write_text(json.dumps({**meta, **distill}, indent=1))
             (self.out / "distill.md").write_text(format_distill(distill, meta))
         self.write_runs()
-        report_run(self.settings, self.meta(), rows, self.out / "fig2_ctr.png", distill)
+        report_run(self.settings, self.meta(), rows, self.out / "fig2_ctr.png", distill,
+                   sim_time_figure if sim_time_figure.exists() else None)
         print(table, flush=True)
         if distill is not None:
             print(format_distill(distill, meta), flush=True)

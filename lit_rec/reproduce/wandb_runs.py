@@ -57,9 +57,9 @@ def ctr_by_method(rows: list[dict[str, Any]]) -> tuple[list[int], list[list[floa
 
 
 def report_run(settings: Settings, meta: dict[str, Any], rows: list[dict[str, Any]], figure: Path,
-               distill: dict[str, Any] | None) -> None:
+               distill: dict[str, Any] | None, sim_time_figure: Path | None = None) -> None:
     """One more run in the group (`job_type` report) holding Table 1 (and its CTR@k as a W&B line chart, one line per
-    method), Figure 2 and the distillation table."""
+    method), Figure 2, its companion against simulated time and the distillation table."""
     if settings.wandb in ("none", "disabled"):
         return
     import wandb
@@ -75,6 +75,7 @@ def report_run(settings: Settings, meta: dict[str, Any], rows: list[dict[str, An
         "table1": wandb.Table(columns=TABLE1_COLUMNS, data=[[r["method"], *(r.get(c) for c in TABLE1_COLUMNS[1:])]
                                                              for r in rows]),
         "fig2_ctr": wandb.Image(str(figure)),
+        **({"fig2_sim_time": wandb.Image(str(sim_time_figure))} if sim_time_figure is not None else {}),
     })
     if distill is not None:
         run.log({"distill": wandb.Table(columns=DISTILL_COLUMNS, data=[[role, *(e[c] for c in DISTILL_COLUMNS[1:])]

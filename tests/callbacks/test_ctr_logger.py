@@ -20,3 +20,4 @@ def test_every_validation_metric_shares_the_global_step_axis(tmp_path, monkeypat
     for name in ("val/*", "val/ctr@1", "val/ctr@10"):
         assert defined[name]["step_metric"] == "trainer/global_step", name
     assert defined["val/ctr@10"]["summary"] == "max"
+    assert defined["val/sim_time"]["step_metric"] == "trainer/global_step" and "federated/sim_time" in defined

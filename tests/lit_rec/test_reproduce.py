@@ -17,6 +17,7 @@ from lit_rec import reproduce
 from lit_rec.modules.popularity import Popularity
 from lit_rec.reproduce import KS, METHODS, Method, RunResult
 from lit_rec.reproduce import methods as registry
+from lit_rec.reproduce.figures import plot_sim_time, sim_time_unit
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_DATA = ["--data.synthetic_users=60", "--data.synthetic_items=150", "--data.synthetic_events_per_user=10"]
@@ -71,7 +72,13 @@ def test_reproduce_smoke_writes_every_file(tmp_path: Path, monkeypatch: pytest.M
 
     png = (out / "fig2_ctr.png").read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 20_000
+    assert (out / "fig2_sim_time.png").read_bytes().startswith(PNG_MAGIC)
     runs = json.loads((out / "runs.json").read_text())["runs"]
+    for run in runs:  # the clock-timed methods' validations carry the simulated seconds (shipped DADRL: exponential's own units, none)
+        if run["method"] in ("A2C-D", "A2C-F"):
+            assert run["val_curve"][-1]["val/sim_time"] > run["val_curve"][0]["val/sim_time"] > 0, run["method"]
+        else:
+            assert "val/sim_time" not in run["val_curve"][-1], run["method"]
     assert all(len(run["curve"]) >= 2 for run in runs), [(r["method"], len(r["curve"])) for r in runs]
 
     distill = json.loads((out / "distill.json").read_text())
@@ -135,6 +142,11 @@ def test_tables_and_figure_from_two_seeds(tmp_path: Path) -> None:
     assert reproduce.best_validation(results[0].val_curve) == {"10": pytest.approx(0.3)}
     reproduce.plot_fig2(results, ["DQN", "DADRL"], tmp_path / "fig.png", meta)
     assert (tmp_path / "fig.png").read_bytes().startswith(PNG_MAGIC)
+    assert not plot_sim_time(results, tmp_path / "sim.png", meta)  # no run recorded a simulated time
+    for seed, result in enumerate(results):
+        result.val_curve = [{"val/ctr@10": 0.3 + 0.01 * i, "val/sim_time": 4000.0 * i + seed, "epoch": float(i)} for i in range(4)]
+    assert plot_sim_time(results, tmp_path / "sim.png", meta) and (tmp_path / "sim.png").read_bytes().startswith(PNG_MAGIC)
+    assert sim_time_unit(12000.0) == ("hours", 3600.0) and sim_time_unit(300.0) == ("minutes", 60.0)
 
 
 def test_method_selection_adds_the_teacher_and_rejects_unknown_names() -> None:

@@ -15,7 +15,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lit_rec.networks import EncoderConfig
 from lit_rec.cli import make_cli, method_config
-from lit_rec.federated import FederatedStats, Server, ServerStep
+from lit_rec.federated import ClockArrivals, FederatedStats, Server, ServerStep
 from lit_rec.federated.gradients import client_rows, client_shares, per_client_gradients, send_per_version, write_flat_gradient
 from lit_rec.functional.a2c import window_a2c_loss
 from lit_rec.functional.next_item import full_catalogue
@@ -28,6 +28,8 @@ TINY_DATA = [
     "--data.history_len=5", "--data.eval_ks=[1,10,20]",
 ]
 TINY_MODEL = ["--model.init_args.encoder.dim=16"]
+CLOCK = ["--model.init_args.arrival=clock", "--model.init_args.clock.kind=lognormal", "--model.init_args.clock.sigma=1.5",
+         "--model.init_args.clock.jitter=exponential"]
 TINY_SERVER = {"dadrl": ["--model.init_args.max_staleness=6"]}  # the synchronous methods keep the latest version only
 
 
@@ -317,13 +319,16 @@ def test_differential_privacy_refuses_non_poisson_cohorts(tmp_path):
             "--model.init_args.aggregation=clients")
 
 
-def test_resume_from_a_mid_epoch_checkpoint_ends_identically(tmp_path):
-    full = fit(tmp_path / "a", "--trainer.max_epochs=2")
+@pytest.mark.parametrize("arrival", [[], CLOCK], ids=["shipped", "clock"])
+def test_resume_from_a_mid_epoch_checkpoint_ends_identically(tmp_path, arrival):
+    full = fit(tmp_path / "a", "--trainer.max_epochs=2", *arrival)
     steps = full.trainer.global_step
-    interrupted = fit(tmp_path / "b", "--trainer.max_epochs=2", f"--trainer.max_steps={steps // 2 + 1}", every_n_train_steps=steps // 2 + 1)
+    interrupted = fit(tmp_path / "b", "--trainer.max_epochs=2", f"--trainer.max_steps={steps // 2 + 1}", *arrival,
+                      every_n_train_steps=steps // 2 + 1)
     checkpoint = tmp_path / "b" / "ckpt" / "last.ckpt"
     assert checkpoint.exists() and interrupted.trainer.global_step == steps // 2 + 1
-    resumed = fit(tmp_path / "c", "--trainer.max_epochs=2", f"--ckpt_path={checkpoint}")
+    assert 0 < interrupted.model.sim_time < full.model.sim_time
+    resumed = fit(tmp_path / "c", "--trainer.max_epochs=2", f"--ckpt_path={checkpoint}", *arrival)
     a, c = full.model, resumed.model
     assert resumed.trainer.global_step == steps
     for (name, p), q in zip(a.named_parameters(), c.parameters()):
@@ -332,6 +337,39 @@ def test_resume_from_a_mid_epoch_checkpoint_ends_identically(tmp_path):
     assert torch.equal(a.clients.version, c.clients.version) and torch.equal(a.clients.cursor, c.clients.cursor)
     assert torch.equal(a.server.buffer.rows, c.server.buffer.rows) and a.server.version == c.server.version
     assert a.last_metrics == c.last_metrics
+    assert a.sim_time == c.sim_time  # the same cohorts at the same simulated times
+    for key, value in a.arrivals.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, c.arrivals.state_dict()[key]), key
+
+
+def test_every_server_step_logs_its_simulated_time_and_every_validation_too(tmp_path):
+    cli = fit(tmp_path, "--trainer.max_epochs=2", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1",
+              "--trainer.log_every_n_steps=1", *CLOCK)
+    model = cli.model
+    assert isinstance(model.arrivals, ClockArrivals) and model.sim_time > 0
+    assert float(cli.trainer.callback_metrics["federated/sim_time"]) == pytest.approx(model.sim_time)
+    assert model.federated_stats.sim_time == model.sim_time
+    assert model.last_metrics["val/sim_time"] == pytest.approx(model.sim_time)  # in the row of val/ctr@k
+    assert "val/ctr@10" in model.last_metrics
+    shipped = fit(tmp_path / "shipped", "--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1").model
+    assert shipped.sim_time > 0 and not shipped.arrivals.in_seconds  # exponential arrivals: their own time units
+    assert "val/sim_time" not in shipped.last_metrics  # not charted against the clock's seconds
+
+
+def test_a2c_d_rounds_wait_for_the_slowest_member_or_drop_it_at_the_deadline_and_a2c_f_runs_in_a_datacenter(tmp_path):
+    heavy = ["--trainer.max_steps=6", "--trainer.limit_val_batches=0", "--model.init_args.clock.kind=lognormal",
+             "--model.init_args.clock.sigma=2.0"]
+    waiting = fit(tmp_path / "wait", *heavy, name="a2c_d").model
+    late = fit(tmp_path / "late", *heavy, "--model.init_args.deadline=1.2", name="a2c_d").model
+    central = fit(tmp_path / "central", *heavy, name="a2c_f").model
+    assert waiting.sim_time > 6 * 1.2
+    assert late.sim_time == pytest.approx(6 * 1.2)  # every round had a late member (update 1 s of delay + 0.16 s x e^(2z)): each lasted the deadline
+    assert late.federated_stats.reporting < 16  # a cohort of the batch size 16, the late dropped
+    work = waiting.clients.lengths.clamp_max(2 * 5).double()
+    median = float(waiting.arrivals.clock.speed.median())
+    assert central.sim_time <= 6 * float(work.max()) / median + 1e-9  # median speed, no delay
+    assert central.sim_time < waiting.sim_time
 
 
 # ---------------------------------------------------------------------- DDP
@@ -343,14 +381,15 @@ class SaveRankParameters(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         flat = torch.cat([p.detach().reshape(-1) for p in pl_module.policy.parameters()])
-        torch.save({"flat": flat, "private": pl_module.clients.private, "step": trainer.global_step},
+        torch.save({"flat": flat, "private": pl_module.clients.private, "step": trainer.global_step, "sim_time": pl_module.sim_time},
                    Path(self.folder) / f"rank{trainer.global_rank}.pt")
 
 
 @pytest.mark.slow
-def test_ddp_ranks_hold_equal_parameters(tmp_path):
+@pytest.mark.parametrize("arrival", [[], CLOCK], ids=["shipped", "clock"])
+def test_ddp_ranks_hold_equal_parameters(tmp_path, arrival):
     cli = fit(tmp_path, "--trainer.strategy=ddp_spawn", "--trainer.devices=2", "--trainer.accelerator=cpu",
-              "--trainer.max_steps=4", "--trainer.limit_val_batches=0", run=False)
+              "--trainer.max_steps=4", "--trainer.limit_val_batches=0", *arrival, run=False)
     cli.trainer.callbacks.append(SaveRankParameters(str(tmp_path)))
     initial = torch.cat([p.detach().reshape(-1) for p in cli.model.policy.parameters()])
     # spawn pickles the trainer's tensors; the default file-descriptor sharing fails here
@@ -365,4 +404,5 @@ def test_ddp_ranks_hold_equal_parameters(tmp_path):
     assert rank0["step"] == rank1["step"] == 4
     assert not torch.equal(rank0["flat"], initial)
     assert torch.equal(rank0["flat"], rank1["flat"])
+    assert rank0["sim_time"] == rank1["sim_time"] > 0  # the same cohorts at the same simulated times
     assert torch.equal(rank0["private"], rank1["private"]) and rank0["private"].abs().sum() > 0

@@ -1,0 +1,181 @@
+"""Asynchrony that pays: simulated time to a target validation CTR@10 of DADRL, A2C-D and A2C-F on the device clock; one JSON line last.
+
+`python bench/async_time.py [--quick] [--cap-seconds S] [--max-epochs N] [--no-sweeps]`.
+Each method trains its shipped config (`configs/{dadrl,a2c_d,a2c_f}.yaml`) with the device clock
+overridden (`--model.init_args.clock.*`; DADRL with `arrival: clock`, FedBuff on the clock), through
+reproduce's own fit (`lit_rec.reproduce.fit.fit_and_test`: early stopping on val CTR@10 with patience
+3 from epoch 5, the best checkpoint tested) under one common cap (`--max-epochs`, `--cap-seconds` of
+wall time per run). Devices: speed 50 events per simulated second (median), network delay 1 s per
+update; `heavy` tail = log-normal speeds with sigma 1.5, `moderate` sigma 0.75, `none` = constant
+speeds (the control). Every method simulates the same devices (same clock seed).
+
+The target: 95% of A2C-F's best validation CTR@10 (A2C-F is the centralised line, its time a datacenter
+at the median device speed). If DADRL or A2C-D (heavy tail) never reaches it, the target becomes 95% of
+the lower of their two best validation CTR@10 (`target_rule` says which). Per run: the simulated seconds
+of the first validation at or above the target (`sim_s_to_target`, one validation per epoch), the best
+validation and the test CTR@10 of the best checkpoint. A comparison where either side never reaches the
+common target falls back to 95% of the lower of the two sides' best validation CTR@10 (its `target`
+field says which was used), so every ratio is a number.
+
+Fields: `speedup_vs_a2c_d` = A2C-D's simulated time to the target / DADRL's (heavy tail; ML-1M
+users 1-2999 in full mode, ML-100K with `--quick`), `ctr10_gap` = A2C-D's test CTR@10 - DADRL's (same
+runs), `control_speedup` = the same ratio with constant speeds; `tail_sweep` (none / moderate / heavy)
+and `k_sweep` (DADRL's buffer K = 16 / 64 / 128 with 256 devices training at once, heavy tail: the batch
+size is K, so an epoch stays one pass over the train events) give each case's times and ratio;
+`a2c_d_deadline` is A2C-D with heavy tails and a 10 s round deadline (the late members dropped, as
+production FL does) and DADRL's speedup against it.
+
+Full mode: ML-100K then ML-1M users 1-2999, 10 runs each (A2C-F once; DADRL and A2C-D per tail; A2C-D
+with a deadline; two more K), at most 40 epochs and 5 minutes of wall time a run (ML-100K's runs stop
+early, after about a minute): about 65 minutes of one core. `--quick`: ML-100K only, 30 s a run: about
+6 minutes. One torch thread; progress on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("POLARS_MAX_THREADS", "1")  # before polars is imported
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lit_rec.reproduce.fit import RunResult, Settings, fit_and_test  # noqa: E402
+from lit_rec.reproduce.methods import Method, capped  # noqa: E402
+
+THREADS = 1
+TARGET_FRACTION = 0.95
+DATASETS = {
+    "ml100k": {"data": "configs/data/ml100k.yaml", "path": "../shared/data/ml-100k"},
+    "ml1m": {"data": "configs/data/ml1m.yaml", "path": "../shared/data/ml-1m-users1-2999"},
+}
+TAILS = {  # the devices' speed distribution (median 50 events per simulated second, 1 s of network delay)
+    "none": ["--model.init_args.clock.kind=constant"],
+    "moderate": ["--model.init_args.clock.kind=lognormal", "--model.init_args.clock.sigma=0.75"],
+    "heavy": ["--model.init_args.clock.kind=lognormal", "--model.init_args.clock.sigma=1.5"],
+}
+CONFIGS = {"DADRL": "configs/dadrl.yaml", "A2C-D": "configs/a2c_d.yaml", "A2C-F": "configs/a2c_f.yaml"}
+METHOD_ARGS = {"DADRL": ["--model.init_args.arrival=clock"], "A2C-D": [], "A2C-F": []}
+DEADLINE = 10.0  # simulated seconds of A2C-D's rounds in its deadline run (heavy tail: about 7% of members late)
+K_SWEEP = (16, 64)  # besides the shipped K = 128 (the batch size), with the heavy tail
+K_CONCURRENCY = 256  # devices training at once in the K sweep (the shipped 2 x 128)
+SPEEDUP_DATASET = {"quick": "ml100k", "full": "ml1m"}
+
+
+def log(message: str) -> None:
+    """Progress on stderr."""
+    print(f"[bench/async_time] {message}", file=sys.stderr, flush=True)
+
+
+def run(settings: Settings, name: str, method: str, args: list[str], cap: dict[str, Any]) -> dict[str, Any]:
+    """One fit and test (reproduce's `fit_and_test`) of `method` with `args`; its validation curve against simulated time."""
+    result: RunResult = fit_and_test(settings, Method(name, CONFIGS[method], capped(**cap), args=tuple(METHOD_ARGS[method] + args)), 0, [])
+    curve = [{"epoch": int(p["epoch"]), "sim_s": round(p["val/sim_time"], 1), "val_ctr@10": round(p["val/ctr@10"], 4)}
+             for p in result.val_curve if "val/sim_time" in p]
+    out = {"test_ctr@10": round(result.metrics["test/ctr@10"], 4), "best_val_ctr@10": max((p["val_ctr@10"] for p in curve), default=None),
+           "epochs": result.epochs, "stopped_by": result.stopped_by, "train_s": round(result.train_s, 1),
+           "final_sim_s": curve[-1]["sim_s"] if curve else None, "curve": curve}
+    log(f"{name}: best val CTR@10 {out['best_val_ctr@10']}, test {out['test_ctr@10']}, {out['epochs']} epochs "
+        f"({out['stopped_by']}), {out['final_sim_s']} simulated s, {out['train_s']} s of training")
+    return out
+
+
+def time_to(curve: list[dict[str, float]], target: float) -> float | None:
+    """Simulated seconds of the first validation at or above `target` (None: never)."""
+    return next((p["sim_s"] for p in curve if p["val_ctr@10"] >= target), None)
+
+
+def ratio(slow: float | None, fast: float | None) -> float | None:
+    """`slow / fast` (None when either never reached the target)."""
+    return None if slow is None or fast is None or fast <= 0 else round(slow / fast, 3)
+
+
+def bench_dataset(key: str, work: Path, cap: dict[str, Any], sweeps: bool, budget: str) -> dict[str, Any]:
+    """Every run on one dataset; the target, times to it and ratios."""
+    setting = DATASETS[key]
+    data = yaml.safe_load((ROOT / setting["data"]).read_text())
+    data.update(path=str((ROOT / setting["path"]).resolve()), cache_dir=str(work / "cache"))
+    settings = Settings(out=work / key, budget=budget, dataset=key, data_spec=data,
+                        passthrough=("--model.init_args.full_ranking=false",), wandb="none", project="bench", group="async_time")
+    runs: dict[str, dict[str, Any]] = {"A2C-F": run(settings, f"{key} A2C-F", "A2C-F", TAILS["heavy"], cap)}
+    for tail in ("heavy", "none", *(("moderate",) if sweeps else ())):
+        for method in ("DADRL", "A2C-D"):
+            runs[f"{method} {tail}"] = run(settings, f"{key} {method} {tail}", method, TAILS[tail], cap)
+    if sweeps:
+        runs["A2C-D heavy deadline"] = run(settings, f"{key} A2C-D heavy deadline", "A2C-D",
+                                           [*TAILS["heavy"], f"--model.init_args.deadline={DEADLINE}"], cap)
+        for k in K_SWEEP:
+            runs[f"DADRL heavy K={k}"] = run(settings, f"{key} DADRL heavy K={k}", "DADRL", [
+                *TAILS["heavy"], f"--data.batch_size={k}", f"--model.init_args.concurrency={K_CONCURRENCY}"], cap)
+    best = {name: r["best_val_ctr@10"] or 0.0 for name, r in runs.items()}
+    target, rule = TARGET_FRACTION * best["A2C-F"], f"{TARGET_FRACTION:.0%} of A2C-F's best val CTR@10"
+    if min(best["DADRL heavy"], best["A2C-D heavy"]) < target:
+        target = TARGET_FRACTION * min(best["DADRL heavy"], best["A2C-D heavy"])
+        rule = f"{TARGET_FRACTION:.0%} of the lower of DADRL's and A2C-D's best val CTR@10 (heavy tail): A2C-F's was out of reach"
+    for r in runs.values():
+        r["sim_s_to_target"] = time_to(r["curve"], target)
+
+    def versus(dadrl: str, other: str) -> dict[str, Any]:
+        """DADRL run `dadrl` against `other`: times to the common target, or to 95% of the lower best of the two
+        when either misses it (`target` says which), the speedup and the test CTR@10 gap (other - DADRL)."""
+        a, b = runs[dadrl], runs[other]
+        pair_target = target
+        if a["sim_s_to_target"] is None or b["sim_s_to_target"] is None:
+            pair_target = TARGET_FRACTION * min(best[dadrl], best[other])
+        fast, slow = time_to(a["curve"], pair_target), time_to(b["curve"], pair_target)
+        return {"target": round(pair_target, 4), "dadrl_sim_s": fast, "other_sim_s": slow, "speedup": ratio(slow, fast),
+                "ctr10_gap": round(b["test_ctr@10"] - a["test_ctr@10"], 4)}
+
+    tails = {tail: versus(f"DADRL {tail}", f"A2C-D {tail}") for tail in TAILS if f"DADRL {tail}" in runs}
+    ks = {str(k): {**versus(name, "A2C-D heavy"), "test_ctr@10": runs[name]["test_ctr@10"]}
+          for k, name in [(128, "DADRL heavy"), *((k, f"DADRL heavy K={k}") for k in K_SWEEP)] if name in runs}
+    return {"target": round(target, 4), "target_rule": rule, "a2c_f_sim_s": runs["A2C-F"]["sim_s_to_target"],
+            "tail_sweep": tails, "k_sweep": ks,
+            "a2c_d_deadline": {"deadline_s": DEADLINE, **versus("DADRL heavy", "A2C-D heavy deadline")} if "A2C-D heavy deadline" in runs else None,
+            "runs": runs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="ML-100K only, 30 s a run")
+    parser.add_argument("--cap-seconds", type=int, default=None, help="wall seconds per run (default 300 full, 30 quick)")
+    parser.add_argument("--max-epochs", type=int, default=40, help="epochs per run at most")
+    parser.add_argument("--no-sweeps", action="store_true", help="only the heavy tail and the control (no moderate tail, no K sweep)")
+    options = parser.parse_args()
+    budget = "quick" if options.quick else "full"
+    keys = ["ml100k"] if options.quick else ["ml100k", "ml1m"]
+    for key in keys:
+        if not (ROOT / DATASETS[key]["path"]).exists():
+            sys.exit(f"bench/async_time: data folder {ROOT / DATASETS[key]['path']} is missing")
+    seconds = options.cap_seconds or (30 if options.quick else 300)
+    cap = {"max_epochs": options.max_epochs, "max_time": f"00:00:{seconds // 60:02d}:{seconds % 60:02d}"}
+    torch.set_num_threads(THREADS)
+    started = time.perf_counter()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="lit_rec_async_time_") as tmp:
+        for key in keys:
+            log(f"{key}: cap {cap}")
+            results[key] = bench_dataset(key, Path(tmp), cap, not options.no_sweeps, budget)
+    main_case = results[SPEEDUP_DATASET[budget]]["tail_sweep"]
+    print(json.dumps({
+        "bench": "async_time", "mode": budget, "threads": THREADS, "cap": cap, "speedup_dataset": SPEEDUP_DATASET[budget],
+        "speedup_vs_a2c_d": main_case["heavy"]["speedup"], "ctr10_gap": main_case["heavy"]["ctr10_gap"],
+        "control_speedup": main_case["none"]["speedup"], "speedup_target": main_case["heavy"]["target"],
+        "control_target": main_case["none"]["target"], "wall_s": round(time.perf_counter() - started, 1),
+        "datasets": results,
+    }))
+
+
+if __name__ == "__main__":
+    main()
