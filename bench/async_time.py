@@ -1,34 +1,38 @@
 """Asynchrony that pays: simulated time to a target validation CTR@10 of DADRL, A2C-D and A2C-F on the device clock; one JSON line last.
 
-`python bench/async_time.py [--quick] [--cap-seconds S] [--max-epochs N] [--no-sweeps]`.
+`python bench/async_time.py [--quick] [--datasets ml100k ml1m] [--max-epochs N] [--no-sweeps]`.
 Each method trains its shipped config (`configs/{dadrl,a2c_d,a2c_f}.yaml`) with the device clock
-overridden (`--model.init_args.clock.*`; DADRL with `arrival: clock`, FedBuff on the clock), through
-reproduce's own fit (`lit_rec.reproduce.fit.fit_and_test`: early stopping on val CTR@10 with patience
-3 from epoch 5, the best checkpoint tested) under one common cap (`--max-epochs`, `--cap-seconds` of
-wall time per run). Devices: speed 50 events per simulated second (median), network delay 1 s per
-update; `heavy` tail = log-normal speeds with sigma 1.5, `moderate` sigma 0.75, `none` = constant
-speeds (the control). Every method simulates the same devices (same clock seed).
+overridden (`--model.init_args.clock.*`), through reproduce's own fit (`lit_rec.reproduce.fit.fit_and_test`:
+early stopping on val CTR@10 with patience 3 from epoch 5, the best checkpoint tested) under one common
+cap of epochs (`--max-epochs`, 20; 6 with `--quick`), so every figure is independent of the host's load
+(`--cap-seconds` is only a safety net). Devices: speed 50 events per simulated second (median), network
+delay 1 s per update; `heavy` tail = log-normal speeds with sigma 1.5, `moderate` sigma 0.75, `none` =
+constant speeds (the control). Every method simulates the same devices (same clock seed).
 
-The target: 95% of A2C-F's best validation CTR@10 (A2C-F is the centralised line, its time a datacenter
-at the median device speed). If DADRL or A2C-D (heavy tail) never reaches it, the target becomes 95% of
-the lower of their two best validation CTR@10 (`target_rule` says which). Per run: the simulated seconds
-of the first validation at or above the target (`sim_s_to_target`, one validation per epoch), the best
-validation and the test CTR@10 of the best checkpoint. A comparison where either side never reaches the
-common target falls back to 95% of the lower of the two sides' best validation CTR@10 (its `target`
-field says which was used), so every ratio is a number.
+Equal concurrency (FedBuff's comparison): A2C-D's rounds have a cohort of 128 devices (the data's batch
+size) and wait for the slowest (its clients replay two windows a round: `local_steps: 2`); DADRL runs
+FedBuff on the clock (`arrival: clock`) with the same 128 devices training at once, a freed slot refilled
+by an idle device as each report arrives, and a server step per buffer of K = 128 reports; A2C-F is the
+centralised line (a datacenter at the median device speed, no network delay).
 
-Fields: `speedup_vs_a2c_d` = A2C-D's simulated time to the target / DADRL's (heavy tail; ML-1M
-users 1-2999 in full mode, ML-100K with `--quick`), `ctr10_gap` = A2C-D's test CTR@10 - DADRL's (same
-runs), `control_speedup` = the same ratio with constant speeds; `tail_sweep` (none / moderate / heavy)
-and `k_sweep` (DADRL's buffer K = 16 / 64 / 128 with 256 devices training at once, heavy tail: the batch
-size is K, so an epoch stays one pass over the train events) give each case's times and ratio;
-`a2c_d_deadline` is A2C-D with heavy tails and a 10 s round deadline (the late members dropped, as
-production FL does) and DADRL's speedup against it.
+The target: 95% of A2C-F's best validation CTR@10. If DADRL or A2C-D (heavy tail) never reaches it, the
+target becomes 95% of the lower of their two best validation CTR@10 (`target_rule` says which), and each
+pair falls back the same way. Per run: the simulated seconds of the first validation at or above the
+target (`sim_s_to_target`, one validation per epoch), the best validation and the test CTR@10 of the best
+checkpoint.
 
-Full mode: ML-100K then ML-1M users 1-2999, 10 runs each (A2C-F once; DADRL and A2C-D per tail; A2C-D
-with a deadline; two more K), at most 40 epochs and 5 minutes of wall time a run (ML-100K's runs stop
-early, after about a minute): about 65 minutes of one core. `--quick`: ML-100K only, 30 s a run: about
-6 minutes. One torch thread; progress on stderr.
+Fields: `speedup_vs_a2c_d` = A2C-D's simulated time to the target / DADRL's (heavy tail; ML-1M users
+1-2999 in full mode, ML-100K with `--quick`), `ctr10_gap` = A2C-D's test CTR@10 - DADRL's (same runs),
+`control_speedup` = the same ratio with constant speeds; on the sweep datasets (`--sweeps-on`, ML-100K)
+`tail_sweep` (none / moderate / heavy) and `k_sweep` (K = 32 / 64 / 128, 128 devices training at once,
+heavy tail; the batch size is K, so an epoch stays one pass over the train events) give each case's times
+and ratio; `a2c_d_deadline` is A2C-D with heavy tails and a 10 s round deadline (the late members dropped,
+as production FL does) and DADRL's speedup against it.
+
+Full mode: ML-100K with the sweeps (10 runs, about a minute each), then ML-1M users 1-2999 (5 runs, about
+25 s an epoch, 8-20 epochs each): about 60 minutes of one core; `--datasets ml1m` and `--datasets ml100k`
+in two processes halve it on two cores. `--quick`: ML-100K, 6 epochs a run: about 8 minutes. One torch
+thread; progress on stderr.
 """
 
 from __future__ import annotations
@@ -66,10 +70,11 @@ TAILS = {  # the devices' speed distribution (median 50 events per simulated sec
     "heavy": ["--model.init_args.clock.kind=lognormal", "--model.init_args.clock.sigma=1.5"],
 }
 CONFIGS = {"DADRL": "configs/dadrl.yaml", "A2C-D": "configs/a2c_d.yaml", "A2C-F": "configs/a2c_f.yaml"}
-METHOD_ARGS = {"DADRL": ["--model.init_args.arrival=clock"], "A2C-D": [], "A2C-F": []}
+COHORT = 128  # configs/data/{ml100k,ml1m}.yaml's batch_size: A2C-D's and A2C-F's cohort, DADRL's buffer K
+# DADRL on the clock with as many devices training at once as A2C-D's cohort (FedBuff's comparison at equal concurrency)
+METHOD_ARGS = {"DADRL": ["--model.init_args.arrival=clock", f"--model.init_args.concurrency={COHORT}"], "A2C-D": [], "A2C-F": []}
 DEADLINE = 10.0  # simulated seconds of A2C-D's rounds in its deadline run (heavy tail: about 7% of members late)
-K_SWEEP = (16, 64)  # besides the shipped K = 128 (the batch size), with the heavy tail
-K_CONCURRENCY = 256  # devices training at once in the K sweep (the shipped 2 x 128)
+K_SWEEP = (32, 64)  # besides K = 128 (the batch size), with the heavy tail and the same 128 devices training at once
 SPEEDUP_DATASET = {"quick": "ml100k", "full": "ml1m"}
 
 
@@ -116,8 +121,7 @@ def bench_dataset(key: str, work: Path, cap: dict[str, Any], sweeps: bool, budge
         runs["A2C-D heavy deadline"] = run(settings, f"{key} A2C-D heavy deadline", "A2C-D",
                                            [*TAILS["heavy"], f"--model.init_args.deadline={DEADLINE}"], cap)
         for k in K_SWEEP:
-            runs[f"DADRL heavy K={k}"] = run(settings, f"{key} DADRL heavy K={k}", "DADRL", [
-                *TAILS["heavy"], f"--data.batch_size={k}", f"--model.init_args.concurrency={K_CONCURRENCY}"], cap)
+            runs[f"DADRL heavy K={k}"] = run(settings, f"{key} DADRL heavy K={k}", "DADRL", [*TAILS["heavy"], f"--data.batch_size={k}"], cap)
     best = {name: r["best_val_ctr@10"] or 0.0 for name, r in runs.items()}
     target, rule = TARGET_FRACTION * best["A2C-F"], f"{TARGET_FRACTION:.0%} of A2C-F's best val CTR@10"
     if min(best["DADRL heavy"], best["A2C-D heavy"]) < target:
@@ -148,28 +152,33 @@ def bench_dataset(key: str, work: Path, cap: dict[str, Any], sweeps: bool, budge
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="ML-100K only, 30 s a run")
-    parser.add_argument("--cap-seconds", type=int, default=None, help="wall seconds per run (default 300 full, 30 quick)")
-    parser.add_argument("--max-epochs", type=int, default=40, help="epochs per run at most")
+    parser.add_argument("--quick", action="store_true", help="ML-100K only, at most 6 epochs a run")
+    parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=None,
+                        help="datasets to run (default: ml100k with --quick, else ml100k and ml1m)")
+    parser.add_argument("--cap-seconds", type=int, default=1800, help="a safety cap of wall seconds per run (the cap is epochs)")
+    parser.add_argument("--max-epochs", type=int, default=None, help="epochs per run at most (default 20 full, 6 quick)")
     parser.add_argument("--no-sweeps", action="store_true", help="only the heavy tail and the control (no moderate tail, no K sweep)")
+    parser.add_argument("--sweeps-on", nargs="*", default=["ml100k"], help="datasets that run the sweeps (default ml100k)")
     options = parser.parse_args()
     budget = "quick" if options.quick else "full"
-    keys = ["ml100k"] if options.quick else ["ml100k", "ml1m"]
+    keys = options.datasets or (["ml100k"] if options.quick else ["ml100k", "ml1m"])
     for key in keys:
         if not (ROOT / DATASETS[key]["path"]).exists():
             sys.exit(f"bench/async_time: data folder {ROOT / DATASETS[key]['path']} is missing")
-    seconds = options.cap_seconds or (30 if options.quick else 300)
-    cap = {"max_epochs": options.max_epochs, "max_time": f"00:00:{seconds // 60:02d}:{seconds % 60:02d}"}
+    seconds = options.cap_seconds
+    cap = {"max_epochs": options.max_epochs or (6 if options.quick else 20),
+           "max_time": f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"}
     torch.set_num_threads(THREADS)
     started = time.perf_counter()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="lit_rec_async_time_") as tmp:
         for key in keys:
             log(f"{key}: cap {cap}")
-            results[key] = bench_dataset(key, Path(tmp), cap, not options.no_sweeps, budget)
-    main_case = results[SPEEDUP_DATASET[budget]]["tail_sweep"]
+            results[key] = bench_dataset(key, Path(tmp), cap, not options.no_sweeps and key in options.sweeps_on, budget)
+    main_key = SPEEDUP_DATASET[budget] if SPEEDUP_DATASET[budget] in results else keys[-1]
+    main_case = results[main_key]["tail_sweep"]
     print(json.dumps({
-        "bench": "async_time", "mode": budget, "threads": THREADS, "cap": cap, "speedup_dataset": SPEEDUP_DATASET[budget],
+        "bench": "async_time", "mode": budget, "threads": THREADS, "cap": cap, "speedup_dataset": main_key,
         "speedup_vs_a2c_d": main_case["heavy"]["speedup"], "ctr10_gap": main_case["heavy"]["ctr10_gap"],
         "control_speedup": main_case["none"]["speedup"], "speedup_target": main_case["heavy"]["target"],
         "control_target": main_case["none"]["target"], "wall_s": round(time.perf_counter() - started, 1),

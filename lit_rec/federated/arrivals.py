@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import heapq
+
 import torch
 from torch import Tensor
 
@@ -25,10 +27,12 @@ ARRIVALS = ("sessions", "exponential", "synchronous", "poisson", "clock")
 
 @dataclass
 class Cohort:
-    """Clients reporting at this server step, and clients downloading the version it produces."""
+    """Clients reporting at this server step, clients downloading the version it produces, and clients that
+    started while its buffer filled (`downloading_before`: they download the version before it, first)."""
 
     reporting: Tensor
     downloading: Tensor
+    downloading_before: Tensor | None = None
 
 
 def weighted_sample_without_replacement(log_weights: Tensor, k: int, generator: torch.Generator) -> Tensor:
@@ -267,6 +271,12 @@ class ExponentialArrivals(BufferedArrivals):
 class ClockArrivals(BufferedArrivals):
     """Buffered arrivals on the device clock: an update takes `clock.duration(device, work)` simulated seconds.
 
+    FedBuff's event loop: a slot freed by a report while the buffer fills is refilled at once by an idle
+    device (drawn in proportion to activity; not one that reported in this buffer), which starts on the
+    version the server holds then (`Cohort.downloading_before`) and may itself report before the step.
+    Slots that found no idle device, and the slot of the K-th report, are refilled after the step, on the
+    new version; the buffer's reporters are idle again from then on.
+
     `work (U,)`: events a client replays per update. The clock has its own generator (seeded alike
     for every method, so DADRL and A2C-D simulate the same devices).
     """
@@ -286,6 +296,39 @@ class ClockArrivals(BufferedArrivals):
     def _durations(self, clients: Tensor) -> Tensor:
         """Simulated seconds of the clients' updates on their devices."""
         return self.clock.duration(clients, self.work[clients])
+
+    def step(self) -> Cohort:
+        """The next `cohort_size` reports in time order, refilling freed slots as they arrive (an event loop over K)."""
+        busy = torch.zeros(self.activity.numel(), dtype=torch.bool)
+        busy[self.slot_client] = True
+        idle_order = weighted_sample_without_replacement(self.log_activity.masked_fill(busy, -torch.inf),
+                                                         self.cohort_size - 1, self.rng.generator)  # the draw order
+        idle_durations = self._durations(idle_order).tolist()
+        events = list(zip(self.slot_done.tolist(), range(self.slot_done.numel())))
+        heapq.heapify(events)
+        reporting, waiting = [], []
+        for arrival in range(self.cohort_size):
+            self.now, slot = heapq.heappop(events)
+            reporting.append(int(self.slot_client[slot]))
+            started = arrival - len(waiting)  # idle devices started so far
+            if arrival < self.cohort_size - 1 and started < idle_order.numel():
+                self.slot_client[slot] = idle_order[started]
+                self.slot_done[slot] = self.now + idle_durations[started]
+                heapq.heappush(events, (float(self.slot_done[slot]), slot))
+            else:
+                waiting.append(slot)
+        started_early = idle_order[: self.cohort_size - len(waiting)]
+        slots = torch.tensor(waiting, dtype=torch.long)
+        running = torch.ones(self.slot_client.numel(), dtype=torch.bool)
+        running[slots] = False
+        busy = torch.zeros(self.activity.numel(), dtype=torch.bool)
+        busy[self.slot_client[running]] = True
+        starting = weighted_sample_without_replacement(self.log_activity.masked_fill(busy, -torch.inf), slots.numel(),
+                                                       self.rng.generator)
+        slots = slots[: starting.numel()]
+        self.slot_client[slots] = starting
+        self.slot_done[slots] = self.now + self._durations(starting)
+        return Cohort(reporting=torch.tensor(reporting, dtype=torch.long), downloading=starting, downloading_before=started_early)
 
     def state_dict(self) -> dict[str, Any]:
         """Buffered state plus the clock."""

@@ -114,6 +114,8 @@ class DADRL(ActorCriticBase):
         cohort_info = self.arrivals.step()
         cohort = cohort_info.reporting.to(self.device)
         latest = self.server.version
+        if cohort_info.downloading_before is not None:  # devices that started while the buffer filled
+            self.clients.download(cohort_info.downloading_before.to(self.device), latest)
         if self.arrivals.synchronous:
             self.clients.download(cohort, latest)
         version, keep = resolve_stale_versions(self.clients.version[cohort], latest, self.server.max_staleness, self.stale_policy)

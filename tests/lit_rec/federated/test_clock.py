@@ -21,6 +21,8 @@ def _replay(arrivals, steps: int) -> list[tuple[float, list[int], list[int]]]:
     out = []
     for step in range(steps):  # the server holds version `step` before this step
         cohort = arrivals.step()
+        if cohort.downloading_before is not None:  # started while the buffer filled: on the version before the step
+            version[cohort.downloading_before] = step
         order = cohort.reporting.argsort()  # within a buffer, report by client id
         reporting = cohort.reporting[order]
         out.append((arrivals.now, reporting.tolist(), (step - version[reporting]).tolist()))
@@ -133,20 +135,21 @@ def test_a_datacenter_runs_at_the_median_device_speed_without_delay():
     assert datacenter.duration(torch.tensor([0, 5]), torch.tensor([10, 20])).tolist() == [10 / clock.median_speed, 20 / clock.median_speed]
 
 
-def test_exponential_arrivals_are_the_clock_with_lognormal_speeds_and_exponential_jitter():
-    # same staleness distribution: lognormal devices of spread sigma, unit work at median speed 1, no delay
+def test_exponential_arrivals_are_the_clock_with_lognormal_speeds_and_exponential_jitter_for_a_buffer_of_one():
+    # same staleness distribution: lognormal devices of spread sigma, unit work at median speed 1, no delay; with
+    # K > 1 `exponential` refills its slots only at the step, the clock as each report arrives (more in flight)
     activity = torch.randint(1, 50, (2000,), generator=torch.Generator().manual_seed(0))
     sigma, steps = 1.0, 3000
     clock = DeviceClock(DeviceClockConfig(kind="lognormal", speed=1.0, sigma=sigma, delay=0.0, jitter="exponential"), 2000, 1)
-    models = {"exponential": ExponentialArrivals(activity, 8, 0, concurrency=16, delay_spread=sigma),
-              "clock": ClockArrivals(activity, 8, 0, clock, torch.ones(2000), concurrency=16)}
+    models = {"exponential": ExponentialArrivals(activity, 1, 0, concurrency=4, delay_spread=sigma),
+              "clock": ClockArrivals(activity, 1, 0, clock, torch.ones(2000), concurrency=4)}
     mean_staleness, step_time = {}, {}
     for name, arrivals in models.items():
         staleness = [s for _, _, stale in _replay(arrivals, steps) for s in stale]
         mean_staleness[name] = sum(staleness) / len(staleness)
         step_time[name] = arrivals.now / steps
     assert mean_staleness["clock"] == pytest.approx(mean_staleness["exponential"], rel=0.1)
-    assert step_time["clock"] == pytest.approx(step_time["exponential"], rel=0.1)
+    assert step_time["clock"] == pytest.approx(step_time["exponential"], rel=0.2)  # per-seed spread of the slow devices: ~15%
 
 
 def test_bad_settings_name_the_key():
@@ -158,3 +161,18 @@ def test_bad_settings_name_the_key():
         make_arrivals("clock", torch.tensor([1, 2]), 1, 0)
     assert DeviceClockConfig.of({"kind": "lognormal", "sigma": 2.0}) == DeviceClockConfig(kind="lognormal", sigma=2.0)
     assert not math.isnan(DeviceClockConfig().speed)
+
+
+def test_a_slot_freed_while_the_buffer_fills_is_refilled_at_once_by_an_idle_device():
+    # devices 0-2 as above train; device 3 (idle, 10 / 10 + 1 = 2 s an update) starts when device 0 reports at 2,
+    # on v0, and reports at 4, before device 2 (5): the buffer of three is 0 (2), 1 (3.5), 3 (4); step at 4
+    work = torch.tensor([10, 10, 10, 10])
+    clock = _clock([10.0, 4.0, 2.5, 10.0], [1.0, 1.0, 1.0, 1.0])
+    arrivals = ClockArrivals(work, cohort_size=3, seed=0, clock=clock, work=work, concurrency=3)
+    arrivals.slot_client, arrivals.slot_done = torch.tensor([0, 1, 2]), torch.tensor([2.0, 3.5, 5.0], dtype=torch.float64)
+    cohort = arrivals.step()
+    assert cohort.reporting.tolist() == [0, 1, 3] and arrivals.now == 4.0
+    assert cohort.downloading_before.tolist() == [3]  # started at 2 on the version before the step
+    assert 2 in arrivals.slot_client.tolist() and float(arrivals.slot_done[arrivals.slot_client == 2]) == 5.0
+    assert sorted(cohort.downloading.tolist()) == sorted(set(arrivals.slot_client.tolist()) - {2})
+    assert bool((arrivals.slot_done[arrivals.slot_client != 2] > 4.0).all())  # the refills start after the step
