@@ -12,14 +12,17 @@ its click. `datamodules.cache` stores the result.
 The original ids are strings; they are hashed once, right after the null check, into dense integer
 codes (`encode_ids`), and every later step (positives, dedupe, the logged pairs, k-core, re-indexing,
 sorting) works on those codes; the strings come back only for the ids that survive, in `id_index`.
-The frozen negatives stay the sampler's tensors (the cache writes them as a long Parquet frame).
+The frozen negatives stay the sampler's tensors. With `eval_max_events`, val and test each keep a
+seeded uniform sample of that many events (`datamodules.eval_sample`) and negatives are drawn for the
+sample only; `None` (or a split no larger) keeps every event, exactly as before. Integer columns
+leave the pipeline in the narrowest dtype that fits (`narrowest`).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -27,11 +30,12 @@ import torch
 
 from datamodules import readers
 from datamodules.errors import DataError
+from datamodules.eval_sample import sample_rows
 from datamodules.negatives import sample_unseen
 from datamodules.readers import Source
 from datamodules.synthetic import SyntheticConfig, simulate
 
-PIPELINE_VERSION = 4  # bump when the prepared frames change meaning or layout
+PIPELINE_VERSION = 5  # bump when the prepared frames change meaning or layout
 TRAIN, VAL, TEST = 0, 1, 2
 SPLIT_NAMES = {TRAIN: "train", VAL: "val", TEST: "test"}
 DROP_REASONS = {
@@ -59,6 +63,7 @@ class PipelineConfig:
     min_item_interactions: int = 1
     num_negatives: int = 100
     seed: int = 0
+    eval_max_events: int | None = None  # per held-out split; None: every event
     synthetic: SyntheticConfig = SyntheticConfig()
 
     @property
@@ -76,12 +81,13 @@ class PipelineConfig:
 class Prepared:
     """The pipeline's output frames."""
 
-    events: pl.DataFrame  # user, item, ts, row, pos, split (0/1/2); sorted by (user, pos)
-    negatives: dict[int, torch.Tensor]  # VAL / TEST -> (E_split, K) int64, rows in the split's event order
+    events: pl.DataFrame  # user, item, ts, row, pos, split (0/1/2), narrowest integer dtypes; sorted by (user, pos)
+    negatives: dict[int, torch.Tensor]  # VAL / TEST -> (E_eval, K) item ids, rows in the split's (sampled) event order
     user_ids: pl.Series  # original id of user index u
     item_ids: pl.Series  # original id of item index i + 1
     dropped: dict[str, int]
     num_negatives: int  # K per val/test event
+    eval_rows: dict[int, np.ndarray | None] = field(default_factory=dict)  # VAL / TEST -> sampled rows of the split (None: all)
 
     @property
     def num_users(self) -> int:
@@ -154,8 +160,31 @@ def _prepare(config: PipelineConfig) -> Prepared:
     events = chronological(_apply_index(events, user_index, item_index), time_ordered=True)  # dedupe sorted by time
     events = split_events(events, config)
     _check_split(events, config)
-    negatives = frozen_negatives(events, touched, user_index, item_index, user_ids, item_ids.len(), config)
-    return Prepared(events, negatives, user_ids, item_ids, dropped, config.num_negatives)
+    eval_rows = {code: sample_rows(int((events["split"] == code).sum()), config.eval_max_events, config.seed, code)
+                 for code in (VAL, TEST)}
+    negatives = frozen_negatives(events, touched, user_index, item_index, user_ids, item_ids.len(), config, eval_rows)
+    return Prepared(narrowed(events), negatives, user_ids, item_ids, dropped, config.num_negatives, eval_rows)
+
+
+def narrowest(largest: int, smallest: int = 0) -> pl.DataType:
+    """The narrowest Polars integer dtype holding `smallest..largest` (signed when `smallest` < 0)."""
+    kinds = _SIGNED if smallest < 0 else _UNSIGNED
+    return next((kind for kind, numpy in kinds if np.iinfo(numpy).min <= smallest and largest <= np.iinfo(numpy).max),
+                pl.Int64)
+
+
+_SIGNED = ((pl.Int8, np.int8), (pl.Int16, np.int16), (pl.Int32, np.int32), (pl.Int64, np.int64))
+_UNSIGNED = ((pl.UInt8, np.uint8), (pl.UInt16, np.uint16), (pl.UInt32, np.uint32), (pl.Int64, np.int64))
+
+
+def narrowed(events: pl.DataFrame) -> pl.DataFrame:
+    """`events` with user, item, pos, row and split in the narrowest integer dtype that fits (ts stays Int64)."""
+    columns = [c for c in ("user", "item", "pos", "row", "split") if c in events.columns]
+    bounds = events.select(*(pl.col(c).min().alias(f"{c}_min") for c in columns),
+                           *(pl.col(c).max().alias(f"{c}_max") for c in columns)).row(0, named=True)
+    return events.with_columns(
+        pl.col(c).cast(narrowest(int(bounds[f"{c}_max"] or 0), min(int(bounds[f"{c}_min"] or 0), 0))) for c in columns
+    )
 
 
 def drop_nulls(frame: pl.DataFrame, dropped: dict[str, int]) -> pl.DataFrame:
@@ -193,11 +222,22 @@ def encode_ids(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series, pl.Series]
     """
     columns, ids = [], []
     for name in ("user", "item"):
-        column = frame[name] if frame[name].dtype == pl.String else frame[name].cast(pl.String)
-        distinct = column.unique(maintain_order=True)
-        columns.append(column.cast(pl.Enum(distinct)).to_physical().cast(pl.Int64).alias(name))
+        code, distinct = _encode(frame[name])
+        columns.append(code.alias(name))
         ids.append(distinct.rename("id"))
     return frame.with_columns(columns), ids[0], ids[1]
+
+
+def _encode(column: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """UInt32 codes of one id column and the id (a string) of each code."""
+    if isinstance(column.dtype, pl.Enum):  # the typed Outbrain reader's users: the codes are there already
+        return column.to_physical().cast(pl.UInt32), column.dtype.categories
+    if column.dtype.is_integer():  # integer ids (typed reader): codes in numeric order, a binary search each
+        distinct = column.unique().sort()
+        return distinct.search_sorted(column).cast(pl.UInt32), distinct.cast(pl.String)
+    column = column if column.dtype == pl.String else column.cast(pl.String)
+    distinct = column.unique(maintain_order=True)
+    return column.cast(pl.Enum(distinct)).to_physical().cast(pl.UInt32), distinct
 
 
 _BITMAP_PAIRS = 1 << 26  # (user, item) code pairs up to which touched_pairs marks a dense bitmap (64 MB)
@@ -207,9 +247,9 @@ def touched_pairs(frame: pl.DataFrame, num_user_codes: int, num_item_codes: int)
     """The distinct logged (user, item) code pairs as keys `user * num_item_codes + item`."""
     if num_user_codes * num_item_codes <= _BITMAP_PAIRS:  # a bitmap: 6x faster than hashing the pairs
         marked = np.zeros(num_user_codes * num_item_codes, dtype=bool)
-        marked[frame["user"].to_numpy() * num_item_codes + frame["item"].to_numpy()] = True
+        marked[frame["user"].to_numpy().astype(np.int64) * num_item_codes + frame["item"].to_numpy()] = True
         return np.flatnonzero(marked)
-    key = pl.col("user") * num_item_codes + pl.col("item")
+    key = pl.col("user").cast(pl.Int64) * num_item_codes + pl.col("item")
     return frame.select(key.alias("key")).unique()["key"].to_numpy()
 
 
@@ -217,7 +257,7 @@ def dedupe(frame: pl.DataFrame, dropped: dict[str, int]) -> pl.DataFrame:
     """Keeps the chronologically first row of each (user, item) (integer codes)."""
     # readers number rows in file order and the filters keep it: then a stable sort by ts is the (ts, row) order
     ordered = frame.sort("ts", maintain_order=True) if frame["row"].is_sorted() else frame.sort("ts", "row")
-    key = pl.col("user") * (pl.col("item").max() + 1) + pl.col("item")
+    key = pl.col("user").cast(pl.Int64) * (pl.col("item").max().cast(pl.Int64) + 1) + pl.col("item")
     kept = ordered.filter(key.is_first_distinct())
     dropped["duplicate"] += frame.height - kept.height
     return kept
@@ -333,27 +373,54 @@ def frozen_negatives(
     user_ids: pl.Series,
     num_items: int,
     config: PipelineConfig,
+    eval_rows: dict[int, np.ndarray | None] | None = None,
 ) -> dict[int, torch.Tensor]:
-    """K negatives per val/test event (`(E_split, K)` per split, rows in event order), uniform over the
-    items its user never touched (`touched`: logged pair keys of `touched_pairs`), one generator per split."""
+    """K negatives per evaluated val/test event (`(E_eval, K)` per split, rows in event order), uniform over the
+    items its user never touched (`touched`: logged pair keys of `touched_pairs`), one generator per split.
+
+    `eval_rows[split]` selects the split's evaluated events (None: all). Only the evaluated users' logged
+    pairs are gathered (in chunks), so memory follows the sample, not the log."""
     k = config.num_negatives
     num_users = user_ids.len()
-    touched_user = user_index[touched // item_index.size]
-    touched_item = item_index[touched % item_index.size]
-    indexed = (touched_user >= 0) & (touched_item >= 0)  # pairs of users/items dropped by the filters go
-    keys = torch.from_numpy(touched_user[indexed] * (num_items + 1) + touched_item[indexed]).sort().values
+    user = events["user"].to_numpy().astype(np.int64)
+    split = events["split"].to_numpy()
+    chosen = {}
+    for code in (VAL, TEST):
+        users = user[split == code]
+        rows = (eval_rows or {}).get(code)
+        chosen[code] = users if rows is None else users[rows]
+    needed = np.zeros(num_users, dtype=bool)
+    for users in chosen.values():
+        needed[users] = True
+    keys = torch.from_numpy(_needed_pair_keys(touched, user_index, item_index, needed, num_items)).sort().values
     counts = torch.bincount(keys // (num_items + 1), minlength=num_users)
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
     items = keys % (num_items + 1)
-    user = torch.from_numpy(events["user"].to_numpy(writable=True))
-    split = torch.from_numpy(events["split"].to_numpy(writable=True))
     negatives = {}
     for code in (VAL, TEST):
-        users = user[split == code]
+        users = torch.from_numpy(chosen[code])
         _check_enough_unseen(users, counts, num_items, k, user_ids, config)
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + code)
         negatives[code] = sample_unseen(users, offsets, items, num_items, k, generator)
     return negatives
+
+
+_PAIRS_PER_CHUNK = 1 << 24  # logged pairs re-indexed at a time (bounds the temporaries to a few hundred MB)
+
+
+def _needed_pair_keys(
+    touched: np.ndarray, user_index: np.ndarray, item_index: np.ndarray, needed: np.ndarray, num_items: int
+) -> np.ndarray:
+    """Keys `user * (num_items + 1) + item` (indices) of the logged pairs of the `needed` users, in chunks."""
+    width = item_index.size
+    parts = [np.zeros(0, dtype=np.int64)]
+    for start in range(0, touched.size, _PAIRS_PER_CHUNK):
+        chunk = touched[start : start + _PAIRS_PER_CHUNK]
+        pair_user, pair_item = user_index[chunk // width], item_index[chunk % width]
+        keep = (pair_user >= 0) & (pair_item >= 0)  # pairs of users/items dropped by the filters go
+        keep[keep] = needed[pair_user[keep]]
+        parts.append(pair_user[keep] * (num_items + 1) + pair_item[keep])
+    return np.concatenate(parts)
 
 
 def _check_enough_unseen(
