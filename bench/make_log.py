@@ -4,7 +4,8 @@
 each display (a page view, one row of events.csv) shows 2-12 ads (mean ~5.2, one row each in
 clicks_train.csv) of which exactly one is clicked; ad popularity is Zipf-like (p ∝ 1/rank: a few
 ads in many displays, a long tail in one or two); ~70% of displays belong to a user seen once
-(Outbrain: ~86% of users appear once), the rest to a Zipf-distributed pool of returning users;
+(Outbrain: ~86% of users appear once), the rest to a pool of returning users drawn with
+p(rank) ∝ rank^-1/2 (a tail of heavy users, none holding more than ~0.1% of the displays at 100M);
 timestamps (ms after Outbrain's epoch) grow with display_id over 15 days. Generated and written in
 chunks of displays, vectorised, so memory stays bounded (~1 GB) whatever N. One JSON line last.
 """
@@ -24,6 +25,7 @@ ADS_PER_DISPLAY = (2, 12)  # Outbrain's range; 2 + Poisson(3.2) clipped gives a 
 ROWS_PER_AD = 180  # Outbrain: 87M click rows over ~480k ads
 ONE_OFF_SHARE = 0.7  # displays whose user appears nowhere else
 RETURNING_POOL = 0.05  # returning users per display
+MIN_ADS = 1000
 SPAN_MS = 15 * 86_400_000
 CHUNK_ROWS = 8_000_000
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
@@ -53,7 +55,7 @@ def users_of(displays: np.ndarray, total_displays: int, rng: np.random.Generator
     pool = max(1, int(total_displays * RETURNING_POOL))
     returning = rng.random(displays.size) >= ONE_OFF_SHARE
     user = displays.astype(np.int64) + pool  # one-off: numbers above the pool, one per display
-    user[returning] = zipf_ranks(int(returning.sum()), pool, rng)
+    user[returning] = (pool * rng.random(int(returning.sum())) ** 2).astype(np.int64)  # p(rank) ∝ rank^-1/2
     return user
 
 
@@ -94,7 +96,7 @@ def make_log(out: Path, rows: int, seed: int = 0, chunk_rows: int = CHUNK_ROWS) 
     total_displays = int(np.searchsorted(np.cumsum(counts), rows) + 1)
     counts = counts[:total_displays]
     counts[-1] -= int(counts.sum()) - rows
-    ad_ids = rng.permutation(np.arange(1, max(rows // ROWS_PER_AD, 100) + 1))  # popularity rank -> ad id
+    ad_ids = rng.permutation(np.arange(1, max(rows // ROWS_PER_AD, MIN_ADS) + 1))  # popularity rank -> ad id
     per_chunk = max(1, chunk_rows * total_displays // max(rows, 1))
     with (out / "events.csv").open("wb") as events_file, (out / "clicks_train.csv").open("wb") as clicks_file:
         for first in range(0, total_displays, per_chunk):
