@@ -144,6 +144,7 @@ def _prepare(config: PipelineConfig) -> Prepared:
     raw = drop_exact_duplicates(raw, dropped)
     touched = touched_pairs(raw, user_ids.len(), item_ids.len())  # every logged pair: frozen negatives avoid them all
     events = select_positives(raw, config.threshold, dropped)
+    del raw  # the whole log: freed before the steps on positives (at 100M rows it is most of the memory)
     events = dedupe(events, dropped)
     events = k_core(events, config.min_user_interactions, config.min_item_interactions, dropped)
     if events.height == 0:
@@ -200,9 +201,14 @@ def drop_nulls(frame: pl.DataFrame, dropped: dict[str, int]) -> pl.DataFrame:
 def drop_exact_duplicates(frame: pl.DataFrame, dropped: dict[str, int]) -> pl.DataFrame:
     """Drops rows equal to an earlier one in every canonical column but the file order `row` (the same event
     logged twice), before positives and the (user, item) dedupe, so a copy is never counted as a repeat."""
-    kept = frame.filter(pl.struct(pl.exclude("row")).is_first_distinct())
-    dropped["exact_duplicate"] += frame.height - kept.height
-    return kept
+    pair = pl.col("user").cast(pl.Int64) * (pl.col("item").max().cast(pl.Int64) + 1) + pl.col("item")
+    # only a row whose (user, item) pair repeats can be a copy: the row-wide comparison runs on those alone
+    candidates = frame.filter(pair.is_duplicated())
+    copies = candidates.filter(~pl.struct(pl.exclude("row")).is_first_distinct())["row"]
+    if copies.len() == 0:
+        return frame
+    dropped["exact_duplicate"] += copies.len()
+    return frame.filter(~pl.col("row").is_in(copies.implode()))
 
 
 def select_positives(frame: pl.DataFrame, threshold: float, dropped: dict[str, int]) -> pl.DataFrame:
