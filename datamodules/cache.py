@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 EVENT_COLUMNS = ("user", "item", "ts", "row", "pos", "split")
 EVAL_SPLITS = {VAL: "val", TEST: "test"}
+CACHE_FILES = (  # an entry whose splits are evaluated whole; a sampled split adds `eval_rows.<split>.npy`
+    *(f"events.{c}.npy" for c in EVENT_COLUMNS), *(f"negatives.{n}.npy" for n in EVAL_SPLITS.values()),
+    "users.parquet", "items.parquet", "meta.json",
+)
 
 
 def cache_key(config: PipelineConfig) -> str:
@@ -49,9 +53,8 @@ def load_or_prepare(config: PipelineConfig, cache_dir: str | Path | None) -> Pre
         except Exception as error:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
             log.warning("rebuilding the damaged data cache %s (%s)", folder, error)
             shutil.rmtree(folder, ignore_errors=True)
-    prepared = pipeline.prepare(config)
-    write_cache(prepared, folder, config)
-    return prepared
+    write_cache(pipeline.prepare(config), folder, config)
+    return read_cache(folder)  # the mapped arrays: the pipeline's copies are freed, pages shared with other ranks
 
 
 def write_cache(prepared: Prepared, folder: Path, config: PipelineConfig) -> None:
@@ -85,8 +88,8 @@ def write_cache(prepared: Prepared, folder: Path, config: PipelineConfig) -> Non
 
 
 def narrow_items(values: torch.Tensor, num_items: int) -> np.ndarray:
-    """Item ids `0..num_items` as the narrowest signed numpy array (torch gathers and promotes signed types)."""
-    dtype = next(d for d in (np.int16, np.int32, np.int64) if num_items <= np.iinfo(d).max)
+    """Item ids `0..num_items` as int32 (int64 past 2^31): the narrowest dtype torch accepts as an index."""
+    dtype = np.int32 if num_items <= np.iinfo(np.int32).max else np.int64
     return values.numpy().astype(dtype, copy=False)
 
 
