@@ -31,6 +31,7 @@ import torch
 from datamodules import readers
 from datamodules.errors import DataError
 from datamodules.eval_sample import sample_rows
+from datamodules.logged import ROWS_PER_CHUNK, LoggedPairs, count_copies
 from datamodules.negatives import sample_unseen
 from datamodules.readers import Source
 from datamodules.synthetic import SyntheticConfig, simulate
@@ -141,11 +142,14 @@ def _prepare(config: PipelineConfig) -> Prepared:
     dropped = dict.fromkeys(DROP_REASONS, 0)
     raw = drop_nulls(read_canonical(config), dropped)
     raw, user_ids, item_ids = encode_ids(raw)
-    raw = drop_exact_duplicates(raw, dropped)
-    touched = touched_pairs(raw, user_ids.len(), item_ids.len())  # every logged pair: frozen negatives avoid them all
+    copies = count_copies(raw)  # exact duplicates: counted, not removed (the dedupe keeps their original)
+    logged, rows = LoggedPairs.of(raw), raw.height  # every logged pair: frozen negatives avoid them all
     events = select_positives(raw, config.threshold, dropped)
     del raw  # the whole log: freed before the steps on positives (at 100M rows it is most of the memory)
-    events = dedupe(events, dropped)
+    positive_copies = count_copies(events) if copies and events.height < rows else copies
+    dropped["exact_duplicate"] += copies
+    dropped["below_threshold"] -= copies - positive_copies  # a copy below the threshold counts as a copy only
+    events = dedupe(events, dropped, copies=positive_copies)
     events = k_core(events, config.min_user_interactions, config.min_item_interactions, dropped)
     if events.height == 0:
         raise DataError.at(
@@ -163,7 +167,7 @@ def _prepare(config: PipelineConfig) -> Prepared:
     _check_split(events, config)
     eval_rows = {code: sample_rows(int((events["split"] == code).sum()), config.eval_max_events, config.seed, code)
                  for code in (VAL, TEST)}
-    negatives = frozen_negatives(events, touched, user_index, item_index, user_ids, item_ids.len(), config, eval_rows)
+    negatives = frozen_negatives(events, logged, user_index, item_index, user_ids, item_ids.len(), config, eval_rows)
     return Prepared(narrowed(events), negatives, user_ids, item_ids, dropped, config.num_negatives, eval_rows)
 
 
@@ -198,19 +202,6 @@ def drop_nulls(frame: pl.DataFrame, dropped: dict[str, int]) -> pl.DataFrame:
     return frame
 
 
-def drop_exact_duplicates(frame: pl.DataFrame, dropped: dict[str, int]) -> pl.DataFrame:
-    """Drops rows equal to an earlier one in every canonical column but the file order `row` (the same event
-    logged twice), before positives and the (user, item) dedupe, so a copy is never counted as a repeat."""
-    pair = pl.col("user").cast(pl.Int64) * (pl.col("item").max().cast(pl.Int64) + 1) + pl.col("item")
-    # only a row whose (user, item) pair repeats can be a copy: the row-wide comparison runs on those alone
-    candidates = frame.filter(pair.is_duplicated())
-    copies = candidates.filter(~pl.struct(pl.exclude("row")).is_first_distinct())["row"]
-    if copies.len() == 0:
-        return frame
-    dropped["exact_duplicate"] += copies.len()
-    return frame.filter(~pl.col("row").is_in(copies.implode()))
-
-
 def select_positives(frame: pl.DataFrame, threshold: float, dropped: dict[str, int]) -> pl.DataFrame:
     """Keeps rows rated >= threshold; without a rating column every row is a click."""
     if "rating" not in frame.columns:
@@ -238,34 +229,40 @@ def _encode(column: pl.Series) -> tuple[pl.Series, pl.Series]:
     """UInt32 codes of one id column and the id (a string) of each code."""
     if isinstance(column.dtype, pl.Enum):  # the typed Outbrain reader's users: the codes are there already
         return column.to_physical().cast(pl.UInt32), column.dtype.categories
-    if column.dtype.is_integer():  # integer ids (typed reader): codes in numeric order, a binary search each
+    if column.dtype.is_integer():  # integer ids (typed reader): codes in numeric order
         distinct = column.unique().sort()
-        return distinct.search_sorted(column).cast(pl.UInt32), distinct.cast(pl.String)
+        return _integer_codes(column, distinct), distinct.cast(pl.String)
     column = column if column.dtype == pl.String else column.cast(pl.String)
     distinct = column.unique(maintain_order=True)
     return column.cast(pl.Enum(distinct)).to_physical().cast(pl.UInt32), distinct
 
 
-_BITMAP_PAIRS = 1 << 26  # (user, item) code pairs up to which touched_pairs marks a dense bitmap (64 MB)
+_LOOKUP_SPAN = 1 << 26  # integer id ranges up to which codes come from a dense lookup table (256 MB)
 
 
-def touched_pairs(frame: pl.DataFrame, num_user_codes: int, num_item_codes: int) -> np.ndarray:
-    """The distinct logged (user, item) code pairs as keys `user * num_item_codes + item`."""
-    if num_user_codes * num_item_codes <= _BITMAP_PAIRS:  # a bitmap: 6x faster than hashing the pairs
-        marked = np.zeros(num_user_codes * num_item_codes, dtype=bool)
-        marked[frame["user"].to_numpy().astype(np.int64) * num_item_codes + frame["item"].to_numpy()] = True
-        return np.flatnonzero(marked)
-    key = pl.col("user").cast(pl.Int64) * num_item_codes + pl.col("item")
-    return frame.select(key.alias("key")).unique()["key"].to_numpy()
+def _integer_codes(column: pl.Series, distinct: pl.Series) -> pl.Series:
+    """UInt32 code of each integer id: its rank in the sorted `distinct` ids (a table lookup when the ids are dense)."""
+    low, high = int(distinct[0]), int(distinct[-1])
+    if high - low >= _LOOKUP_SPAN:
+        return distinct.search_sorted(column).cast(pl.UInt32)
+    table = np.zeros(high - low + 1, dtype=np.uint32)
+    table[distinct.to_numpy() - low] = np.arange(distinct.len(), dtype=np.uint32)
+    values, codes = column.to_numpy(), np.empty(column.len(), dtype=np.uint32)
+    for start in range(0, values.size, ROWS_PER_CHUNK):
+        codes[start : start + ROWS_PER_CHUNK] = table[values[start : start + ROWS_PER_CHUNK] - low]
+    return pl.Series(column.name, codes)
 
 
-def dedupe(frame: pl.DataFrame, dropped: dict[str, int]) -> pl.DataFrame:
-    """Keeps the chronologically first row of each (user, item) (integer codes)."""
+def dedupe(frame: pl.DataFrame, dropped: dict[str, int], copies: int = 0) -> pl.DataFrame:
+    """Keeps the chronologically first row of each (user, item) (integer codes).
+
+    `copies`: exact duplicates among `frame`'s rows, counted as such (`exact_duplicate`), not as repeats.
+    An exact copy has its original's ts and a later `row`, so the original is the row kept."""
     # readers number rows in file order and the filters keep it: then a stable sort by ts is the (ts, row) order
     ordered = frame.sort("ts", maintain_order=True) if frame["row"].is_sorted() else frame.sort("ts", "row")
     key = pl.col("user").cast(pl.Int64) * (pl.col("item").max().cast(pl.Int64) + 1) + pl.col("item")
     kept = ordered.filter(key.is_first_distinct())
-    dropped["duplicate"] += frame.height - kept.height
+    dropped["duplicate"] += frame.height - copies - kept.height
     return kept
 
 
@@ -311,8 +308,14 @@ def chronological(frame: pl.DataFrame, time_ordered: bool = False) -> pl.DataFra
     `time_ordered`: the rows are already in (ts, row) order, so a stable sort by user is enough (4x faster).
     """
     frame = frame.select("user", "item", "ts", "row")
-    frame = frame.sort("user", maintain_order=True) if time_ordered else frame.sort("user", "ts", "row")
-    return frame.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over("user").alias("pos"))
+    if time_ordered:  # numpy's stable argsort and one gather: 3x faster than Polars' stable sort here
+        frame = frame[pl.Series(np.argsort(frame["user"].to_numpy(), kind="stable"))]
+    else:
+        frame = frame.sort("user", "ts", "row")
+    user = frame["user"].to_numpy()
+    first = np.concatenate([[0], np.flatnonzero(user[1:] != user[:-1]) + 1])  # each user's first event
+    starts = np.repeat(first, np.diff(np.append(first, user.size)))
+    return frame.with_columns(pl.Series("pos", np.arange(user.size, dtype=np.int64) - starts))
 
 
 def held_out(total: pl.Expr, amount: float) -> pl.Expr:
@@ -373,7 +376,7 @@ def _check_split(events: pl.DataFrame, config: PipelineConfig) -> None:
 
 def frozen_negatives(
     events: pl.DataFrame,
-    touched: np.ndarray,
+    logged: LoggedPairs,
     user_index: np.ndarray,
     item_index: np.ndarray,
     user_ids: pl.Series,
@@ -382,7 +385,7 @@ def frozen_negatives(
     eval_rows: dict[int, np.ndarray | None] | None = None,
 ) -> dict[int, torch.Tensor]:
     """K negatives per evaluated val/test event (`(E_eval, K)` per split, rows in event order), uniform over the
-    items its user never touched (`touched`: logged pair keys of `touched_pairs`), one generator per split.
+    items its user never touched (any pair in `logged`), one generator per split.
 
     `eval_rows[split]` selects the split's evaluated events (None: all). Only the evaluated users' logged
     pairs are gathered (in chunks), so memory follows the sample, not the log."""
@@ -398,7 +401,7 @@ def frozen_negatives(
     needed = np.zeros(num_users, dtype=bool)
     for users in chosen.values():
         needed[users] = True
-    keys = torch.from_numpy(_needed_pair_keys(touched, user_index, item_index, needed, num_items)).sort().values
+    keys = torch.from_numpy(logged.keys(user_index, item_index, needed, num_items))  # sorted
     counts = torch.bincount(keys // (num_items + 1), minlength=num_users)
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
     items = keys % (num_items + 1)
@@ -409,24 +412,6 @@ def frozen_negatives(
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + code)
         negatives[code] = sample_unseen(users, offsets, items, num_items, k, generator)
     return negatives
-
-
-_PAIRS_PER_CHUNK = 1 << 24  # logged pairs re-indexed at a time (bounds the temporaries to a few hundred MB)
-
-
-def _needed_pair_keys(
-    touched: np.ndarray, user_index: np.ndarray, item_index: np.ndarray, needed: np.ndarray, num_items: int
-) -> np.ndarray:
-    """Keys `user * (num_items + 1) + item` (indices) of the logged pairs of the `needed` users, in chunks."""
-    width = item_index.size
-    parts = [np.zeros(0, dtype=np.int64)]
-    for start in range(0, touched.size, _PAIRS_PER_CHUNK):
-        chunk = touched[start : start + _PAIRS_PER_CHUNK]
-        pair_user, pair_item = user_index[chunk // width], item_index[chunk % width]
-        keep = (pair_user >= 0) & (pair_item >= 0)  # pairs of users/items dropped by the filters go
-        keep[keep] = needed[pair_user[keep]]
-        parts.append(pair_user[keep] * (num_items + 1) + pair_item[keep])
-    return np.concatenate(parts)
 
 
 def _check_enough_unseen(
