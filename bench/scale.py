@@ -1,6 +1,7 @@
 """Scale benchmark: synthetic Outbrain logs of 1M, 10M, 100M click rows, CSV to a ready RecDataModule.
 
-`python bench/scale.py [--quick] [--dir WORK]` (`--quick`: 1M and 10M rows). For each size,
+`python bench/scale.py [--quick | --sizes N ...] [--dir WORK]` (`--quick`: 1M and 10M rows; `--sizes`: those
+row counts, the plot left alone). For each size,
 `bench/make_log.py` writes the log, then two fresh subprocesses run on it:
   - ours: `RecDataModule(format="outbrain", ...)` with `configs/data/outbrain.yaml`'s settings and the
     default `eval_max_events`, `prepare_data()` + `setup("fit")`: read, join, clean, k-core, split,
@@ -10,7 +11,8 @@
 `wall_s` is timed inside each child from just before the work (imports excluded: ~4 s of torch and
 Lightning, constant in N); `peak_rss_gb` is the child's `ru_maxrss` (os.wait4), imports included.
 `limit_ratio` = our `wall_s` / the bare scan's, same run; `slope` is the log-log fit of our wall
-time against rows, 10M to 100M (with --quick 1M to 10M: `slope_range` says which). Polars uses its
+time against rows, 10M to 100M (with --quick 1M to 10M, with --sizes smallest to largest: `slope_range`
+says which). Polars uses its
 default thread pool (both cores here), torch one thread. A log-log plot goes to docs/scale.png.
 Progress on stderr; one JSON line last on stdout. The work folder is emptied after each size.
 """
@@ -147,6 +149,7 @@ def main() -> None:
     """Runs every size and prints the summary as one JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1M and 10M rows only")
+    parser.add_argument("--sizes", type=int, nargs="+", help="these row counts instead (e.g. 10000000 30000000)")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/lit_rec_scale"), help="work folder (emptied)")
     parser.add_argument("--plot", type=Path, default=PLOT)
     parser.add_argument("--child", nargs=3, metavar=("KIND", "LOG", "OUT"), help=argparse.SUPPRESS)
@@ -155,21 +158,23 @@ def main() -> None:
         kind, log_dir, out = args.child
         print(json.dumps((child_prepare if kind == "prepare" else child_bare)(log_dir, out)))
         return
-    mode = "quick" if args.quick else "full"
+    mode = "sizes" if args.sizes else "quick" if args.quick else "full"
+    sizes = sorted(args.sizes) if args.sizes else SIZES[mode]
     args.dir.mkdir(parents=True, exist_ok=True)
-    results = [measure(rows, args.dir) for rows in SIZES[mode]]
-    smallest = 1_000_000 if args.quick else 10_000_000
-    plot(results, args.plot)
+    results = [measure(rows, args.dir) for rows in sizes]
+    smallest = 1_000_000 if args.quick else min(sizes) if args.sizes else 10_000_000
+    if not args.sizes:  # a partial run leaves the documented plot alone
+        plot(results, args.plot)
     summary = {
         "bench": "scale",
         "mode": mode,
         "sizes": results,
-        "slope": round(slope(results, smallest), 3),
-        "slope_range": "1M-10M (quick)" if args.quick else "10M-100M",
+        "slope": round(slope(results, smallest), 3) if len(sizes) > 1 else None,
+        "slope_range": f"{smallest / 1e6:g}M-{max(sizes) / 1e6:g}M" + (" (quick)" if args.quick else ""),
         "targets": {"peak_rss_gb_100m": 8.0, "limit_ratio": 3.0, "slope": 1.1},
         "threads": {"polars": os.environ.get("POLARS_MAX_THREADS", "default (all cores)"), "torch": 1},
         "cpus": os.cpu_count(),
-        "plot": str(args.plot.relative_to(ROOT)) if args.plot.is_relative_to(ROOT) else str(args.plot),
+        "plot": None if args.sizes else str(args.plot.relative_to(ROOT)) if args.plot.is_relative_to(ROOT) else str(args.plot),
     }
     print(json.dumps(summary))
 
