@@ -288,10 +288,21 @@ def id_index(codes: pl.Series, ids: pl.Series, start: int) -> tuple[np.ndarray, 
     if frame["id"].str.contains(r"^[0-9]{1,18}$").all():
         frame = frame.with_columns(pl.col("id").cast(pl.Int64).alias("number")).sort("number", "id")
     else:
-        frame = frame.sort("id")
+        frame = frame[string_order(frame["id"])]
     index = np.full(ids.len(), -1, dtype=np.int64)
     index[frame["code"].to_numpy()] = np.arange(start, start + frame.height, dtype=np.int64)
     return index, frame["id"]
+
+
+def string_order(ids: pl.Series) -> pl.Series:
+    """The indices that sort distinct strings bytewise (as `sort`), by two big-endian UInt64 keys of their
+    first 16 bytes when every id is ASCII, NUL-free and at most 16 bytes long (uuids: 4x faster)."""
+    short = ids.str.len_bytes()
+    if ids.len() == 0 or short.max() > 16 or (short != ids.str.len_chars()).any() or ids.str.contains("\x00", literal=True).any():
+        return ids.arg_sort()
+    halves = [ids.str.slice(start, 8).str.pad_end(8, "\x00").cast(pl.Binary).bin.reinterpret(dtype=pl.UInt64, endianness="big")
+              for start in (0, 8)]
+    return pl.DataFrame({"high": halves[0], "low": halves[1]}).with_row_index().sort("high", "low")["index"]
 
 
 def _apply_index(frame: pl.DataFrame, user_index: np.ndarray, item_index: np.ndarray) -> pl.DataFrame:
