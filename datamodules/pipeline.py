@@ -247,9 +247,9 @@ def _integer_codes(column: pl.Series, distinct: pl.Series) -> pl.Series:
         return distinct.search_sorted(column).cast(pl.UInt32)
     table = np.zeros(high - low + 1, dtype=np.uint32)
     table[distinct.to_numpy() - low] = np.arange(distinct.len(), dtype=np.uint32)
-    values, codes = column.to_numpy(), np.empty(column.len(), dtype=np.uint32)
-    for start in range(0, values.size, ROWS_PER_CHUNK):
-        codes[start : start + ROWS_PER_CHUNK] = table[values[start : start + ROWS_PER_CHUNK] - low]
+    codes = np.empty(column.len(), dtype=np.uint32)
+    for start in range(0, codes.size, ROWS_PER_CHUNK):  # slices: no int64 copy of the whole column
+        codes[start : start + ROWS_PER_CHUNK] = table[column.slice(start, ROWS_PER_CHUNK).to_numpy() - low]
     return pl.Series(column.name, codes)
 
 
