@@ -24,6 +24,7 @@ class EpochLineProgress(ProgressBar):
         self._enabled = True
         self._epoch_start = 0.0
         self._last_line = 0.0
+        self._batches = 0  # batches done in this epoch
         self.every_s = every_s
 
     def disable(self) -> None:
@@ -37,14 +38,18 @@ class EpochLineProgress(ProgressBar):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Starts the epoch's clock."""
         self._epoch_start = self._last_line = time.perf_counter()
+        self._batches = 0
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         """A line with the rate and the ETA when `every_s` seconds passed since the last one."""
+        self._batches = batch_idx + 1
         now = time.perf_counter()
         if self._enabled and now - self._last_line >= self.every_s:
             self._last_line = now
-            done, elapsed = self.train_batch_idx, now - self._epoch_start
-            total = self.total_train_batches
+            done, elapsed = self._batches, now - self._epoch_start
+            total = trainer.num_training_batches
             eta = f", eta {(total - done) * elapsed / done:.0f} s" if done and total != float("inf") else ""
             print(self._line(trainer, pl_module) + f"  ({elapsed:.1f} s, {done / elapsed:.2f} batch/s{eta})",
                   file=sys.stdout, flush=True)
@@ -61,8 +66,8 @@ class EpochLineProgress(ProgressBar):
         metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
         shown = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
         cap = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
-        total = self.total_train_batches
-        batches = f"  batch {self.train_batch_idx}/{total if total != float('inf') else '?'}"
+        total = trainer.num_training_batches
+        batches = f"  batch {self._batches}/{total if total != float('inf') else '?'}"
         steps = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
         return f"epoch {trainer.current_epoch + 1}{cap}{batches}  step {trainer.global_step}{steps}  {shown}"
 
