@@ -72,6 +72,29 @@ def test_tensors_equal_the_old_pipeline(name: str, kwargs: dict, make_dm) -> Non
         assert digest(make_dm(**options).tensors) == OLD_DIGESTS[name]
 
 
+DATA = REPO.parent / "shared" / "data"
+# the same digest on the real logs (../shared/data), pipeline at e15dede vs now, cache off, default arguments
+REAL_DIGESTS = {
+    "ml100k": ({"format": "movielens", "path": "ml-100k"}, "73b9759b2c347d1c"),
+    "ml100k_time": ({"format": "movielens", "path": "ml-100k", "split": "time"}, "bd30fdf7b7977d87"),
+    "ml1m": ({"format": "movielens", "path": "ml-1m-users1-2999"}, "79deb1e04caf6c7c"),
+    "outbrain_sample": ({"format": "outbrain", "path": "outbrain-sample/clicks_events_sample.csv",
+                         "positive_threshold": 1, "min_user_interactions": 1, "split": "time"}, "3a833c2311ab0e57"),
+}
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("name", list(REAL_DIGESTS))
+def test_real_logs_equal_the_old_pipeline(name: str) -> None:
+    from datamodules import RecDataModule
+
+    kwargs, expected = REAL_DIGESTS[name]
+    if not (DATA / kwargs["path"]).exists():
+        pytest.skip(f"real data not found at {DATA / kwargs['path']}")
+    data = RecDataModule(cache_dir=None, **{**kwargs, "path": str(DATA / kwargs["path"])})
+    assert digest(data.tensors) == expected
+
+
 def test_outbrain_pair_equals_the_old_text_path(outbrain_log: Path, make_dm, monkeypatch: pytest.MonkeyPatch) -> None:
     typed = make_dm(path=str(outbrain_log), eval_ks=[1, 5, 10], cache_dir=None, **OUTBRAIN)
     assert digest(typed.tensors) == OLD_DIGESTS["make_log_20k"]
