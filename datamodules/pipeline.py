@@ -230,8 +230,8 @@ def _encode(column: pl.Series) -> tuple[pl.Series, pl.Series]:
     if isinstance(column.dtype, pl.Enum):  # the typed Outbrain reader's users: the codes are there already
         return column.to_physical().cast(pl.UInt32), column.dtype.categories
     if column.dtype.is_integer():  # integer ids (typed reader): codes in numeric order
-        distinct = column.unique().sort()
-        return _integer_codes(column, distinct), distinct.cast(pl.String)
+        codes, distinct = _integer_codes(column)
+        return codes, distinct.cast(pl.String)
     column = column if column.dtype == pl.String else column.cast(pl.String)
     distinct = column.unique(maintain_order=True)
     return column.cast(pl.Enum(distinct)).to_physical().cast(pl.UInt32), distinct
@@ -240,17 +240,26 @@ def _encode(column: pl.Series) -> tuple[pl.Series, pl.Series]:
 _LOOKUP_SPAN = 1 << 26  # integer id ranges up to which codes come from a dense lookup table (256 MB)
 
 
-def _integer_codes(column: pl.Series, distinct: pl.Series) -> pl.Series:
-    """UInt32 code of each integer id: its rank in the sorted `distinct` ids (a table lookup when the ids are dense)."""
-    low, high = int(distinct[0]), int(distinct[-1])
-    if high - low >= _LOOKUP_SPAN:
-        return distinct.search_sorted(column).cast(pl.UInt32)
-    table = np.zeros(high - low + 1, dtype=np.uint32)
-    table[distinct.to_numpy() - low] = np.arange(distinct.len(), dtype=np.uint32)
+def _integer_codes(column: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """UInt32 code of each integer id (its rank among the distinct ids) and the sorted distinct ids.
+
+    Ids within a range of `_LOOKUP_SPAN`: a presence table marked slice by slice, its running count is the
+    code (no hash table of the column: at 100M rows `unique` alone took seconds); wider ids: a sorted
+    `unique` and a binary search."""
+    low, high = column.min(), column.max()
+    if low is None or int(high) - int(low) >= _LOOKUP_SPAN:
+        distinct = column.unique().sort()
+        return distinct.search_sorted(column).cast(pl.UInt32), distinct
+    low = int(low)
+    present = np.zeros(int(high) - low + 1, dtype=bool)
+    for start in range(0, column.len(), ROWS_PER_CHUNK):  # slices: no int64 copy of the whole column
+        present[column.slice(start, ROWS_PER_CHUNK).to_numpy() - low] = True
+    table = (np.cumsum(present, dtype=np.int64) - 1).astype(np.uint32)
     codes = np.empty(column.len(), dtype=np.uint32)
-    for start in range(0, codes.size, ROWS_PER_CHUNK):  # slices: no int64 copy of the whole column
+    for start in range(0, codes.size, ROWS_PER_CHUNK):
         codes[start : start + ROWS_PER_CHUNK] = table[column.slice(start, ROWS_PER_CHUNK).to_numpy() - low]
-    return pl.Series(column.name, codes)
+    distinct = pl.Series(column.name, np.flatnonzero(present) + low).cast(column.dtype)
+    return pl.Series(column.name, codes), distinct
 
 
 def dedupe(frame: pl.DataFrame, dropped: dict[str, int], copies: int = 0) -> pl.DataFrame:
