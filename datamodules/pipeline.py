@@ -32,11 +32,11 @@ from datamodules import readers
 from datamodules.errors import DataError
 from datamodules.eval_sample import sample_rows
 from datamodules.logged import ROWS_PER_CHUNK, LoggedPairs, count_copies
-from datamodules.negatives import sample_unseen
+from datamodules.negatives import sample_unseen, sample_unseen_sparse
 from datamodules.readers import Source
 from datamodules.synthetic import SyntheticConfig, simulate
 
-PIPELINE_VERSION = 5  # bump when the prepared frames change meaning or layout
+PIPELINE_VERSION = 6  # bump when the prepared frames change meaning or layout
 TRAIN, VAL, TEST = 0, 1, 2
 SPLIT_NAMES = {TRAIN: "train", VAL: "val", TEST: "test"}
 DROP_REASONS = {
@@ -430,7 +430,8 @@ def frozen_negatives(
         users = torch.from_numpy(chosen[code])
         _check_enough_unseen(users, counts, num_items, k, user_ids, config)
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + code)
-        negatives[code] = sample_unseen(users, offsets, items, num_items, k, generator)
+        sampler = sample_unseen if (eval_rows or {}).get(code) is None else sample_unseen_sparse  # a sample: large log
+        negatives[code] = sampler(users, offsets, items, num_items, k, generator)
     return negatives
 
 

@@ -110,3 +110,27 @@ def test_sample_unseen_falls_back_when_rejection_comes_out_short() -> None:
         sample = sample_unseen(users, offsets, touched, 2000, 100, torch.Generator().manual_seed(3))
     assert (sample[users == 0] > 10).all() and (sample[users == 1] > 1500).all()
     assert (sample.sort(1).values.diff(dim=1) > 0).all()
+
+
+@pytest.mark.parametrize("num_items", [30, 400])
+def test_the_sparse_sampler_avoids_the_excluded_items_and_is_uniform(num_items: int) -> None:
+    from datamodules.negatives import sample_unseen_sparse
+
+    excluded = [torch.tensor([1, 2, 3]), torch.arange(1, num_items - 9), torch.tensor([], dtype=torch.long)]
+    offsets = torch.tensor([0, *torch.cumsum(torch.tensor([e.numel() for e in excluded]), 0).tolist()])
+    items = torch.cat(excluded)
+    users = torch.tensor([0, 1, 2]).repeat(3000)
+    k = 10
+    first = sample_unseen_sparse(users, offsets, items, num_items, k, torch.Generator().manual_seed(5))
+    again = sample_unseen_sparse(users, offsets, items, num_items, k, torch.Generator().manual_seed(5))
+    assert torch.equal(first, again) and first.shape == (users.numel(), k)
+    assert ((first >= 1) & (first <= num_items)).all()
+    for user, out in enumerate(excluded):
+        rows = first[users == user]
+        assert all(torch.unique(row).numel() == k for row in rows[:200])  # without replacement
+        assert not torch.isin(rows, out).any()
+        allowed = num_items - out.numel()
+        counts = torch.bincount(rows[:, 0], minlength=num_items + 1).float()  # the first column alone is uniform too
+        expected = rows.shape[0] / allowed
+        chi2 = ((counts[counts > 0] - expected) ** 2 / expected).sum() + (allowed - (counts > 0).sum()) * expected
+        assert chi2 < allowed + 6 * (2 * allowed) ** 0.5, (user, float(chi2), allowed)
