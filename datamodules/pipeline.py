@@ -1,8 +1,9 @@
 """The one Polars pipeline: canonical log -> cleaned, re-indexed, split events with frozen negatives (cached).
 
-Steps, for every format alike: drop rows with a null user/item/ts (or rating); drop exact
-duplicates (the same event logged twice: user, item, ts and rating equal; the first in file order
-stays); keep positives (rating >= threshold, or every row when there is no rating); drop repeated
+Steps, for every format alike: drop rows with a null user/item/ts (or rating); exact duplicates
+(the same event logged twice: user, item, ts and rating equal) counted as dropped, the first in file
+order being the one the dedupe keeps, and the logged (user, item) pairs kept for the negatives (the
+two whole-log steps, in bounded memory: `datamodules.logged`); keep positives (rating >= threshold, or every row when there is no rating); drop repeated
 (user, item) positives keeping the first chronologically; iterative k-core; re-index
 (users 0..U-1, items 1..I by sorted original id, numerically when all ids are integers);
 chronological order (ts, then file order `row`); split; frozen negatives. Positives are
