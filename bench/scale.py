@@ -174,7 +174,7 @@ def main() -> None:
         "targets": {"peak_rss_gb_100m": 8.0, "limit_ratio": 3.0, "slope": 1.1},
         "threads": {"polars": os.environ.get("POLARS_MAX_THREADS", "default (all cores)"), "torch": 1},
         "cpus": os.cpu_count(),
-        "plot": None if args.sizes else str(args.plot.relative_to(ROOT)) if args.plot.is_relative_to(ROOT) else str(args.plot),
+        "plot": None if args.sizes else str(args.plot.relative_to(ROOT) if args.plot.is_relative_to(ROOT) else args.plot),
     }
     print(json.dumps(summary))
 

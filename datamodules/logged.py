@@ -39,7 +39,8 @@ def row_hashes(frame: pl.DataFrame) -> np.ndarray:
     hashes = np.empty(frame.height, dtype=np.uint64)
     row_hash = pl.struct(pl.exclude("row")).hash(_SEED)
     for start in range(0, frame.height, ROWS_PER_CHUNK):
-        hashes[start : start + ROWS_PER_CHUNK] = frame.slice(start, ROWS_PER_CHUNK).select(row_hash).to_series().to_numpy()
+        piece = frame.slice(start, ROWS_PER_CHUNK).select(row_hash).to_series()
+        hashes[start : start + ROWS_PER_CHUNK] = piece.to_numpy()
     return hashes
 
 

@@ -3,7 +3,8 @@
 Steps, for every format alike: drop rows with a null user/item/ts (or rating); exact duplicates
 (the same event logged twice: user, item, ts and rating equal) counted as dropped, the first in file
 order being the one the dedupe keeps, and the logged (user, item) pairs kept for the negatives (the
-two whole-log steps, in bounded memory: `datamodules.logged`); keep positives (rating >= threshold, or every row when there is no rating); drop repeated
+two whole-log steps, in bounded memory: `datamodules.logged`); keep positives (rating >= threshold,
+or every row when there is no rating); drop repeated
 (user, item) positives keeping the first chronologically; iterative k-core; re-index
 (users 0..U-1, items 1..I by sorted original id, numerically when all ids are integers);
 chronological order (ts, then file order `row`); split; frozen negatives. Positives are
@@ -308,10 +309,11 @@ def string_order(ids: pl.Series) -> pl.Series:
     """The indices that sort distinct strings bytewise (as `sort`), by two big-endian UInt64 keys of their
     first 16 bytes when every id is ASCII, NUL-free and at most 16 bytes long (uuids: 4x faster)."""
     short = ids.str.len_bytes()
-    if ids.len() == 0 or short.max() > 16 or (short != ids.str.len_chars()).any() or ids.str.contains("\x00", literal=True).any():
+    if (ids.len() == 0 or short.max() > 16 or (short != ids.str.len_chars()).any()
+            or ids.str.contains("\x00", literal=True).any()):
         return ids.arg_sort()
-    halves = [ids.str.slice(start, 8).str.pad_end(8, "\x00").cast(pl.Binary).bin.reinterpret(dtype=pl.UInt64, endianness="big")
-              for start in (0, 8)]
+    padded = (ids.str.slice(start, 8).str.pad_end(8, "\x00").cast(pl.Binary) for start in (0, 8))
+    halves = [half.bin.reinterpret(dtype=pl.UInt64, endianness="big") for half in padded]
     return pl.DataFrame({"high": halves[0], "low": halves[1]}).with_row_index().sort("high", "low")["index"]
 
 
