@@ -8,10 +8,14 @@ from typing import Any
 import lightning as L
 
 from callbacks.wandb_utils import find_wandb_logger
+from datamodules.eval_sample import ctr_half_width
 
 
-def format_ctr_table(metrics: dict[str, float], stage: str, ks: list[int]) -> str:
-    """A plain-text table of the model's and the popularity reference's CTR@k."""
+def format_ctr_table(
+    metrics: dict[str, float], stage: str, ks: list[int], sample: tuple[int, int] | None = None
+) -> str:
+    """A plain-text table of the model's and the popularity reference's CTR@k; with `sample` (evaluated
+    events, events in the split) a last line gives the sample size and the 95% interval of each CTR@k."""
     header = f"{stage:<12}" + "".join(f"{'k=' + str(k):>9}" for k in ks)
     model = f"{'model':<12}" + "".join(f"{metrics.get(f'{stage}/ctr@{k}', float('nan')):>9.4f}" for k in ks)
     pop = f"{'popularity':<12}" + "".join(f"{metrics.get(f'{stage}/pop_ctr@{k}', float('nan')):>9.4f}" for k in ks)
@@ -21,7 +25,22 @@ def format_ctr_table(metrics: dict[str, float], stage: str, ks: list[int]) -> st
         for name in ("auc", "ndcg@10", "mrr", "hr@10_full", "ndcg@10_full")
         if f"{stage}/{name}" in metrics
     )
-    return "\n".join([header, model, pop, random, extra])
+    lines = [header, model, pop, random, extra]
+    if sample is not None:
+        evaluated, population = sample
+        widths = "".join(
+            f"{ctr_half_width(metrics.get(f'{stage}/ctr@{k}', float('nan')), evaluated, population):>9.4f}" for k in ks
+        )
+        what = "all events: exact" if evaluated >= population else "a seeded sample (eval_max_events)"
+        lines.append(f"{'95% CI ±':<12}{widths}  ({evaluated} of {population} events, {what})")
+    return "\n".join(lines)
+
+
+def _sample(trainer: L.Trainer, stage: str) -> tuple[int, int] | None:
+    """(events evaluated, events in the split) of the data module's `stage` split, when it has tensors."""
+    tensors = getattr(getattr(trainer, "datamodule", None), "_tensors", None)
+    split = getattr(tensors, stage, None)
+    return (len(split), split.split_size) if split is not None and hasattr(split, "split_size") else None
 
 
 class CTRLogger(L.Callback):
@@ -66,7 +85,8 @@ class CTRLogger(L.Callback):
         if self.print_table:
             trained = getattr(pl_module, "trained_steps", None)  # a tested checkpoint's step (RecModule)
             step = trainer.global_step if stage == "val" or trained is None else trained
-            print(f"\n[{stage} @ step {step}]\n" + format_ctr_table(metrics, stage, ks), file=sys.stdout, flush=True)
+            table = format_ctr_table(metrics, stage, ks, _sample(trainer, stage))
+            print(f"\n[{stage} @ step {step}]\n" + table, file=sys.stdout, flush=True)
         wandb_logger = find_wandb_logger(trainer)
         if wandb_logger is None:
             return

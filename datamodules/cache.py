@@ -1,4 +1,11 @@
-"""Parquet cache of the pipeline's frames, keyed by its arguments and the input files; written atomically."""
+"""The prepared frames' cache: one `.npy` per column, memory-mapped on open; keyed by the arguments and input files.
+
+An entry is `cache_dir/<key>/`: `events.<column>.npy` (user, item, ts, row, pos, split, in their narrowest
+dtypes), `negatives.<split>.npy` (`(E_eval, K)`, narrowest), `eval_rows.<split>.npy` (only for a sampled
+split), `users.parquet`, `items.parquet` and `meta.json`. `read_cache` maps the arrays (`np.load(mmap_mode="c")`:
+copy-on-write, so pages are shared between the processes that open them, DDP ranks included, and nothing is
+read until used); the events frame and the negatives tensors are views of those maps, not copies.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +27,12 @@ from datamodules.pipeline import PIPELINE_VERSION, TEST, VAL, PipelineConfig, Pr
 
 log = logging.getLogger(__name__)
 
-CACHE_FILES = ("events.parquet", "negatives.parquet", "users.parquet", "items.parquet", "meta.json")
+EVENT_COLUMNS = ("user", "item", "ts", "row", "pos", "split")
+EVAL_SPLITS = {VAL: "val", TEST: "test"}
+CACHE_FILES = (  # an entry whose splits are evaluated whole; a sampled split adds `eval_rows.<split>.npy`
+    *(f"events.{c}.npy" for c in EVENT_COLUMNS), *(f"negatives.{n}.npy" for n in EVAL_SPLITS.values()),
+    "users.parquet", "items.parquet", "meta.json",
+)
 
 
 def cache_key(config: PipelineConfig) -> str:
@@ -41,9 +53,8 @@ def load_or_prepare(config: PipelineConfig, cache_dir: str | Path | None) -> Pre
         except Exception as error:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
             log.warning("rebuilding the damaged data cache %s (%s)", folder, error)
             shutil.rmtree(folder, ignore_errors=True)
-    prepared = pipeline.prepare(config)
-    write_cache(prepared, folder, config)
-    return prepared
+    write_cache(pipeline.prepare(config), folder, config)
+    return read_cache(folder)  # the mapped arrays: the pipeline's copies are freed, pages shared with other ranks
 
 
 def write_cache(prepared: Prepared, folder: Path, config: PipelineConfig) -> None:
@@ -52,8 +63,13 @@ def write_cache(prepared: Prepared, folder: Path, config: PipelineConfig) -> Non
     temp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     temp.mkdir()
     try:
-        prepared.events.write_parquet(temp / "events.parquet")
-        negatives_frame(prepared).write_parquet(temp / "negatives.parquet")
+        for column in EVENT_COLUMNS:
+            np.save(temp / f"events.{column}.npy", prepared.events[column].to_numpy())
+        for code, name in EVAL_SPLITS.items():
+            np.save(temp / f"negatives.{name}.npy", narrow_items(prepared.negatives[code], prepared.num_items))
+            rows = prepared.eval_rows.get(code)
+            if rows is not None:
+                np.save(temp / f"eval_rows.{name}.npy", rows)
         pl.DataFrame({"id": prepared.user_ids}).write_parquet(temp / "users.parquet")
         pl.DataFrame({"id": prepared.item_ids}).write_parquet(temp / "items.parquet")
         meta = {
@@ -71,34 +87,33 @@ def write_cache(prepared: Prepared, folder: Path, config: PipelineConfig) -> Non
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def narrow_items(values: torch.Tensor, num_items: int) -> np.ndarray:
+    """Item ids `0..num_items` as int32 (int64 past 2^31): the narrowest dtype torch accepts as an index."""
+    dtype = np.int32 if num_items <= np.iinfo(np.int32).max else np.int64
+    return values.numpy().astype(dtype, copy=False)
+
+
+def mapped(path: Path) -> np.ndarray:
+    """The array of a `.npy` file, memory-mapped copy-on-write (shared pages; writable views for torch)."""
+    return np.load(path, mmap_mode="c")
+
+
 def read_cache(folder: Path) -> Prepared:
-    """Loads one cache entry."""
+    """Opens one cache entry; the events and negatives are views of memory-mapped files."""
     meta = json.loads((folder / "meta.json").read_text())
-    events = pl.read_parquet(folder / "events.parquet")
+    events = pl.DataFrame({column: mapped(folder / f"events.{column}.npy") for column in EVENT_COLUMNS})
     k = int(meta["num_negatives"])
+    eval_rows = {}
+    for code, name in EVAL_SPLITS.items():
+        path = folder / f"eval_rows.{name}.npy"
+        eval_rows[code] = np.load(path) if path.is_file() else None
     return Prepared(
         events=events,
-        negatives=negatives_from_frame(pl.read_parquet(folder / "negatives.parquet"), events, k),
+        negatives={code: torch.from_numpy(mapped(folder / f"negatives.{name}.npy")).view(-1, k)
+                   for code, name in EVAL_SPLITS.items()},
         user_ids=pl.read_parquet(folder / "users.parquet")["id"],
         item_ids=pl.read_parquet(folder / "items.parquet")["id"],
-        dropped={str(k): int(v) for k, v in meta["dropped"].items()},
+        dropped={str(key): int(v) for key, v in meta["dropped"].items()},
         num_negatives=k,
+        eval_rows=eval_rows,
     )
-
-
-def negatives_frame(prepared: Prepared) -> pl.DataFrame:
-    """The frozen negatives as the long frame the cache stores: `event` (row of `events`), `negative`;
-    val then test, each in event order (one column each: Parquet reads it ~8x faster than an Array column)."""
-    split = prepared.events["split"].to_numpy()
-    k = prepared.num_negatives
-    event = np.concatenate([np.repeat(np.flatnonzero(split == code), k) for code in (VAL, TEST)])
-    values = torch.cat([prepared.negatives[code].reshape(-1) for code in (VAL, TEST)]).numpy()
-    return pl.DataFrame({"event": event.astype(np.int64), "negative": values})
-
-
-def negatives_from_frame(frame: pl.DataFrame, events: pl.DataFrame, k: int) -> dict[int, torch.Tensor]:
-    """The inverse of `negatives_frame`: each held-out split's `(E_split, K)` tensor."""
-    values = frame["negative"].cast(pl.Int64).to_torch().clone().view(-1, k)
-    event = frame["event"].cast(pl.Int64).to_numpy()[::k]
-    split = torch.from_numpy(events["split"].to_numpy(writable=True)[event])
-    return {code: values[split == code] for code in (VAL, TEST)}

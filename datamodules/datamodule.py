@@ -17,6 +17,7 @@ from datamodules.synthetic import SyntheticConfig
 from datamodules.tensors import RecTensors, build_tensors, window_anchors
 
 SPLITS = ("user", "time")
+EVAL_MAX_EVENTS = 100_000  # per split: exact on MovieLens-size logs (<= 56k test events), bounded on large ones
 
 
 class RecDataModule(L.LightningDataModule):
@@ -39,6 +40,8 @@ class RecDataModule(L.LightningDataModule):
         min_item_interactions: k-core: items keep at least this many positives.
         history_len: Items in a state (the user's previous items, left-padded with 0).
         eval_ks: Candidate-set sizes k of CTR@k; max(eval_ks) frozen negatives per held-out event.
+        eval_max_events: Val and test each evaluate at most this many events, a seeded uniform sample (with a
+            95% interval printed beside CTR@k); a split no larger is evaluated whole, exactly. None: always whole.
         train_negatives: random items beside the logged one in a training candidate set (linked to the model's).
         batch_size: Training windows (runs of up to history_len + 1 consecutive train items) per global batch, split across DDP ranks.
         eval_batch_size: Val/test/predict rows per batch.
@@ -68,6 +71,7 @@ class RecDataModule(L.LightningDataModule):
         min_item_interactions: int = 1,
         history_len: int = 10,
         eval_ks: list[int] = [1, 10, 20, 50, 100],  # noqa: B006 - copied below; jsonargparse shows it
+        eval_max_events: int | None = EVAL_MAX_EVENTS,
         train_negatives: int = 10,
         batch_size: int = 64,
         eval_batch_size: int = 1024,
@@ -107,6 +111,7 @@ class RecDataModule(L.LightningDataModule):
             min_item_interactions=min_item_interactions,
             num_negatives=max(self.eval_ks),
             seed=seed,
+            eval_max_events=eval_max_events,
             synthetic=synthetic if format == "synthetic" else SyntheticConfig(),
         )
         self._prepared: Prepared | None = None
@@ -148,6 +153,8 @@ class RecDataModule(L.LightningDataModule):
         counts = dict(self.prepared.events.group_by("split").len().iter_rows())
         stats: dict[str, Any] = {"users": self.num_users, "items": self.num_items}
         stats.update({f"{name}_events": int(counts.get(code, 0)) for code, name in SPLIT_NAMES.items()})
+        stats.update({f"{SPLIT_NAMES[code]}_eval_events": int(negatives.shape[0])
+                      for code, negatives in self.prepared.negatives.items()})
         stats["dropped"] = self.dropped
         return stats
 
@@ -172,7 +179,11 @@ class RecDataModule(L.LightningDataModule):
             f"data: {source}: {s['users']} users, {s['items']} items; events train {s['train_events']}, "
             f"val {s['val_events']}, test {s['test_events']} (split={self.split})"
         )
-        return [head, *(f"data: {line}" for line in format_dropped(s["dropped"]))]
+        sampled = [f"{name} {s[f'{name}_eval_events']} of {s[f'{name}_events']}" for name in ("val", "test")
+                   if s[f"{name}_eval_events"] < s[f"{name}_events"]]
+        sample = [f"data: evaluating a seeded sample (eval_max_events={self.hparams['eval_max_events']}): "
+                  + ", ".join(sampled)] if sampled else []
+        return [head, *sample, *(f"data: {line}" for line in format_dropped(s["dropped"]))]
 
     def train_dataloader(self) -> ResumableLoader:
         """Shuffled, resumable batches of training windows `{"user", "history", "item", "index"}`.
@@ -238,6 +249,8 @@ def _validate(args: dict[str, Any], synthetic: SyntheticConfig) -> None:
             raise bad(name, "an integer >= 0")
     if not args["eval_ks"] or min(args["eval_ks"]) < 1:
         raise bad("eval_ks", "a non-empty list of integers >= 1")
+    if args["eval_max_events"] is not None and args["eval_max_events"] < 1:
+        raise bad("eval_max_events", "an integer >= 1 or None (every event)")
     if args["format"] != "synthetic":
         return
     try:

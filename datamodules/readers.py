@@ -8,6 +8,13 @@ pipeline; a value that is present but cannot be parsed raises `DataError`.
 Timestamp policy: integers are kept as they are (MovieLens: unix seconds); floats are
 floored; datetimes and datetime strings become unix milliseconds (Outbrain's ms since its
 own epoch are shifted to unix ms, so both Outbrain layouts agree).
+
+Every CSV is scanned lazily (`pl.scan_csv`) with explicit dtypes and only the columns used.
+The Outbrain pair (clicks_train.csv + events.csv, the 100M-row case) takes a typed fast path
+(`scan_outbrain_pair`): integer ids and timestamps, the user strings made an Enum on the small
+events table, the join run in Polars' streaming engine; its `item` is Int64 and its `user` an Enum
+(both stand for the same strings as the text path's). If that typed read fails, the text path
+runs and reports the bad value with its line.
 """
 
 from __future__ import annotations
@@ -145,7 +152,52 @@ def read_outbrain(path: str | Path) -> pl.DataFrame:
     return _canonical(frame, file, "uuid", "ad_id", time_col, "clicked", _line_locator(first_data_line=2))
 
 
+OUTBRAIN_CLICKS_DTYPES = {"display_id": pl.Int64, "ad_id": pl.Int64, "clicked": pl.Int8}
+OUTBRAIN_EVENTS_DTYPES = {"display_id": pl.Int64, "uuid": pl.String, "timestamp": pl.Int64}
+
+
+def scan_outbrain_pair(clicks_file: Path, events_file: Path) -> pl.LazyFrame:
+    """The typed, lazy join of clicks_train.csv and events.csv: user (Enum), item (Int64), ts, rating (Int8), row."""
+    for file, dtypes in ((clicks_file, OUTBRAIN_CLICKS_DTYPES), (events_file, OUTBRAIN_EVENTS_DTYPES)):
+        _require_columns(_csv_header(file, ","), list(dtypes), file)
+    uuid = pl.col("uuid").str.strip_chars()
+    events = (
+        _scan_typed(events_file, OUTBRAIN_EVENTS_DTYPES)
+        .unique("display_id", keep="first", maintain_order=True)
+        .with_columns(pl.when(uuid.str.len_bytes() > 0).then(uuid).alias("uuid"))  # as the text path's ids
+        .collect(engine="streaming")
+    )
+    users = pl.Enum(events["uuid"].drop_nulls().unique(maintain_order=True))
+    events = events.select(
+        "display_id", pl.col("uuid").cast(users).alias("user"), (pl.col("timestamp") + OUTBRAIN_EPOCH_MS).alias("ts")
+    )
+    clicks = _scan_typed(clicks_file, OUTBRAIN_CLICKS_DTYPES, row_index="row")
+    # a click whose display is missing from events.csv gets a null user (dropped as null_user)
+    joined = clicks.join(events.lazy(), on="display_id", how="left", maintain_order="left")
+    return joined.select("user", pl.col("ad_id").alias("item"), "ts", pl.col("clicked").alias("rating"), "row")
+
+
+def _scan_typed(file: Path, dtypes: dict[str, pl.DataType], row_index: str | None = None) -> pl.LazyFrame:
+    """A lazy scan of `file` reading only the columns of `dtypes`, each with its dtype."""
+    _check_text(file)
+    scan = pl.scan_csv(file, infer_schema=False, schema_overrides=dtypes, row_index_name=row_index)
+    return scan.select(*([row_index] if row_index else []), *dtypes)
+
+
 def _read_outbrain_pair(clicks_file: Path, events_file: Path) -> pl.DataFrame:
+    """The typed streaming join (`scan_outbrain_pair`); if it cannot parse a value, the text path names it."""
+    try:
+        frame = scan_outbrain_pair(clicks_file, events_file).collect(engine="streaming")
+    except DataError:
+        raise
+    except Exception:  # noqa: BLE001 - a value the typed reader rejects: the text path reports or accepts it
+        return _read_outbrain_pair_text(clicks_file, events_file)
+    if frame.height == 0:
+        raise DataError.at(clicks_file, "rows", "at least one data row after the header", "none (header only)")
+    return frame
+
+
+def _read_outbrain_pair_text(clicks_file: Path, events_file: Path) -> pl.DataFrame:
     """Joins clicks_train.csv (display_id, ad_id, clicked) with events.csv (display_id, uuid, timestamp)."""
     clicks = _read_table(clicks_file, ",", columns=["display_id", "ad_id", "clicked"])
     events = _read_table(events_file, ",", columns=["display_id", "uuid", "timestamp"])
@@ -223,10 +275,9 @@ def _read_table(
     if has_header and columns is not None:
         _require_columns(_csv_header(file, sep), columns, file)
     source, separator = _source_and_sep(file, sep)
-    try:
-        frame = pl.read_csv(
-            source, separator=separator, has_header=has_header, new_columns=names, columns=columns, infer_schema=False
-        )
+    try:  # a lazy scan: only `columns` are parsed, each as a string (explicitly; parsed by _canonical)
+        scan = pl.scan_csv(source, separator=separator, has_header=has_header, new_columns=names, infer_schema=False)
+        frame = (scan.select(columns) if columns is not None else scan).collect()
     except pl.exceptions.NoDataError as error:
         raise DataError.at(file, "file", "at least one row", "an empty file") from error
     except Exception as error:  # noqa: BLE001 - every parser failure is bad input

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 import torch
 from torch import Tensor
@@ -27,12 +28,18 @@ class EventTensors:
 
 @dataclass
 class EvalTensors:
-    """Held-out events: `user (E,)`, `history (E, L)`, `positive (E,)`, frozen `negatives (E, K_max)`."""
+    """Held-out events: `user (E,)`, `history (E, L)`, `positive (E,)`, frozen `negatives (E, K_max)`.
+
+    `negatives` may be a narrow integer view of the memory-mapped cache (batches gather from it; torch
+    promotes to int64 where it meets the positive). `population` is the split's size when the events are
+    the seeded evaluation sample (`eval_max_events`), else None: all events.
+    """
 
     user: torch.Tensor
     history: torch.Tensor
     positive: torch.Tensor
     negatives: torch.Tensor
+    population: int | None = None
 
     def __len__(self) -> int:
         return self.user.numel()
@@ -40,7 +47,12 @@ class EvalTensors:
     @property
     def candidates(self) -> torch.Tensor:
         """`(E, 1 + K_max)`: the positive in column 0, then the negatives."""
-        return torch.cat([self.positive[:, None], self.negatives], dim=1)
+        return torch.cat([self.positive[:, None], self.negatives.long()], dim=1)
+
+    @property
+    def split_size(self) -> int:
+        """Events of the whole split (more than `len(self)` when this is a sample)."""
+        return len(self) if self.population is None else self.population
 
 
 @dataclass
@@ -103,6 +115,18 @@ def window_anchors(user: torch.Tensor, length: int) -> torch.Tensor:
     return torch.nonzero(from_end % length == 0).squeeze(1)
 
 
+def _eval_tensors(
+    user: Tensor, history: Tensor, item: Tensor, in_split: Tensor, negatives: Tensor, rows: np.ndarray | None
+) -> EvalTensors:
+    """One held-out split's `EvalTensors`, only its sampled `rows` (in event order) when given."""
+    index = torch.nonzero(in_split).squeeze(1)
+    if rows is None:
+        return EvalTensors(user[index], history[index], item[index], negatives)
+    population = index.numel()
+    index = index[torch.from_numpy(rows)]
+    return EvalTensors(user[index], history[index], item[index], negatives, population=population)
+
+
 def build_tensors(prepared: Prepared, history_len: int) -> RecTensors:
     """Builds `RecTensors`; histories are one gather on the all-splits CSR (events sorted by user, pos)."""
     with single_threaded():
@@ -115,14 +139,17 @@ def _build_tensors(prepared: Prepared, history_len: int) -> RecTensors:
     return tensors_from_events(
         user, item, split, pos, prepared.negatives, history_len,
         item_ids=["<PAD>", *prepared.item_ids.to_list()], user_ids=prepared.user_ids.to_list(), dropped=dict(prepared.dropped),
+        eval_rows=prepared.eval_rows,
     )
 
 
 def tensors_from_events(
     user: Tensor, item: Tensor, split: Tensor, pos: Tensor, negatives: dict[int, Tensor], history_len: int,
     item_ids: list[str], user_ids: list[str], dropped: dict[str, int],
+    eval_rows: dict[int, np.ndarray | None] | None = None,
 ) -> RecTensors:
-    """`RecTensors` from the encoded events `(E,)` sorted by (user, pos) and each eval split's frozen negatives."""
+    """`RecTensors` from the encoded events `(E,)` sorted by (user, pos) and each eval split's frozen negatives
+    (for the rows `eval_rows[split]` of the split when it is sampled)."""
     num_users, num_items = len(user_ids), len(item_ids) - 1
     offsets = csr_offsets(user, num_users)
     index = torch.arange(user.numel())
@@ -130,10 +157,8 @@ def tensors_from_events(
 
     is_train = split == TRAIN
     train = EventTensors(user[is_train], history[is_train], item[is_train])
-    val, test = (
-        EvalTensors(user[split == code], history[split == code], item[split == code], negatives[code])
-        for code in (VAL, TEST)
-    )
+    val, test = (_eval_tensors(user, history, item, split == code, negatives[code], (eval_rows or {}).get(code))
+                 for code in (VAL, TEST))
 
     seen = torch.sort(user * (num_items + 1) + item).values  # (user, item) pairs, items ascending per user
     return RecTensors(

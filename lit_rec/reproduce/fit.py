@@ -68,6 +68,13 @@ class RunResult:
     stopped_by: str = ""  # early_stopping, max_time, max_epochs, max_steps or other
     checkpoint: str | None = None  # the tested best checkpoint (DRL-Rec: the student's teacher)
     module: Any = None  # kept only for the DRL-Rec latency measurement
+    test_sample: tuple[int, int] | None = None  # (test events evaluated, test events in the split)
+
+
+def test_sample(datamodule: Any) -> tuple[int, int] | None:
+    """(events evaluated, events in the split) of the data module's test split; None when it has no tensors."""
+    split = getattr(getattr(datamodule, "_tensors", None), "test", None)
+    return (len(split), split.split_size) if split is not None and hasattr(split, "split_size") else None
 
 
 def run_spec(settings: Settings, method: Method, seed: int) -> dict[str, Any]:
@@ -160,6 +167,7 @@ def fit_and_test(settings: Settings, method: Method, seed: int, extra: list[str]
                                0.0, train_s=train_s, best_epoch=best_epoch(val_curve) if best else None,
                                epochs=epochs, stopped_by=stop, checkpoint=best or None,
                                module=cli.model if method.role in ("teacher", "student") else None)
+            result.test_sample = test_sample(cli.datamodule)
             annotate_run(trainer, settings, method, seed, result)
         finally:
             finish_wandb_run()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING, Any
 
+from datamodules.eval_sample import ctr_half_width
 from lit_rec.reproduce.methods import CAPS, KS, MONITOR, PATIENCE, cap_text
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ def table_rows(results: list[RunResult], order: list[str]) -> list[dict[str, Any
         row["train_s_std"] = round(statistics.stdev(r.train_s for r in runs), 1) if len(runs) > 1 else 0.0
         row["wall_s"] = round(statistics.fmean(r.wall_s for r in runs), 1)
         row["cpu_s"] = round(statistics.fmean(r.cpu_s for r in runs), 1)
+        row["test_sample"] = next((list(r.test_sample) for r in runs if r.test_sample), None)
         rows.append(row)
     return rows
 
@@ -54,6 +56,19 @@ def _cell(row: dict[str, Any], key: str, best: float | None, digits: int = 3) ->
     return text
 
 
+def sample_line(methods: list[dict[str, Any]]) -> str | None:
+    """`test: n of N events evaluated; 95% CI of CTR@10 ± x` (the widest over the methods' CTR@10), or None."""
+    sample = next((r["test_sample"] for r in methods if r.get("test_sample")), None)
+    if sample is None:
+        return None
+    evaluated, population = sample
+    widths = [ctr_half_width(r["ctr@10"], evaluated, population) for r in methods if r.get("ctr@10") is not None]
+    width = max(widths, default=0.0)
+    how = "every event, exact" if evaluated >= population else "a seeded sample, eval_max_events"
+    return (f"test: {evaluated} of {population} events evaluated ({how}); "
+            f"95% CI of CTR@10 ± {width:.4f} (the widest over the methods; sampling only, not seeds).")
+
+
 def heading(title: str, meta: dict[str, Any]) -> str:
     """A report's Markdown title: `# <title>: <data>, budget `<budget>`, <seeds>`."""
     seeds = len(meta["seeds"])
@@ -63,7 +78,7 @@ def heading(title: str, meta: dict[str, Any]) -> str:
 
 def format_table1(rows: list[dict[str, Any]], meta: dict[str, Any], failures: list[dict[str, Any]]) -> str:
     """Table 1's layout (Method | k=1 ... k=100) plus AUC and ndcg@10_full, best learned value in bold, then
-    the best epoch and the seconds of training."""
+    the best epoch and the seconds of training; under it the test events evaluated and CTR@10's 95% interval."""
     keys = [*(f"ctr@{k}" for k in KS), *EXTRA_COLUMNS]
     methods = [r for r in rows if r["method"] != "Random"]
     best = {key: max((r[key] for r in methods if r.get(key) is not None), default=None) for key in keys}
@@ -93,6 +108,9 @@ def format_table1(rows: list[dict[str, Any]], meta: dict[str, Any], failures: li
         cells.append(_cell(row, "best_epoch", None, 0 if seeds == 1 else 1))
         cells.append(_cell(row, "train_s", None, 1))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    sample = sample_line(methods)
+    if sample:
+        lines += ["", sample]
     lines += ["", f"`{meta['command']}`  ", f"{meta['date']}, {meta['wall_s'] / 60:.1f} min wall "
               f"({meta['cpu_s'] / 60:.1f} min CPU of this process; load average {meta['load_average_at_start']} at the start), "
               f"torch threads {meta['torch_threads']}, W&B group `{meta['wandb_group']}`."]

@@ -73,5 +73,6 @@ def test_setup_reports_once_and_statistics(make_dm, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert err.count("data: simulator: 30 users") == 1
     stats = dm.statistics()
-    assert set(stats) == {"users", "items", "train_events", "val_events", "test_events", "dropped"}
+    assert set(stats) == {"users", "items", "train_events", "val_events", "test_events",
+                          "val_eval_events", "test_eval_events", "dropped"}
     assert dm.hparams["synthetic_users"] == 30

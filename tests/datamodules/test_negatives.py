@@ -23,7 +23,7 @@ SMALL = {"synthetic_users": 80, "synthetic_items": 120, "synthetic_events_per_us
 
 def _digest(dm) -> str:
     t = dm.tensors
-    return hashlib.sha256(t.val.negatives.numpy().tobytes() + t.test.negatives.numpy().tobytes()).hexdigest()
+    return hashlib.sha256(t.val.negatives.long().numpy().tobytes() + t.test.negatives.long().numpy().tobytes()).hexdigest()
 
 
 def test_stable_across_constructions_and_a_subprocess(make_dm) -> None:
@@ -40,10 +40,11 @@ def test_stable_across_constructions_and_a_subprocess(make_dm) -> None:
         "config = PipelineConfig(Source('synthetic', None), min_user_interactions=1, num_negatives=50,"
         " synthetic=synthetic)\n"
         "t = build_tensors(prepare(config), 10)\n"
-        "print(hashlib.sha256(t.val.negatives.numpy().tobytes() + t.test.negatives.numpy().tobytes()).hexdigest())\n"
+        "print(hashlib.sha256(t.val.negatives.long().numpy().tobytes() + t.test.negatives.long().numpy().tobytes()).hexdigest())\n"
     )
     synthetic = SyntheticConfig(num_users=80, num_items=120, events_per_user=16)
-    same = PipelineConfig(Source("synthetic", None), min_user_interactions=1, num_negatives=50, synthetic=synthetic)
+    same = PipelineConfig(Source("synthetic", None), min_user_interactions=1, num_negatives=50, synthetic=synthetic,
+                          eval_max_events=100_000)  # the data module's default: these splits are evaluated whole
     assert first.pipeline_config == same
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
@@ -109,3 +110,27 @@ def test_sample_unseen_falls_back_when_rejection_comes_out_short() -> None:
         sample = sample_unseen(users, offsets, touched, 2000, 100, torch.Generator().manual_seed(3))
     assert (sample[users == 0] > 10).all() and (sample[users == 1] > 1500).all()
     assert (sample.sort(1).values.diff(dim=1) > 0).all()
+
+
+@pytest.mark.parametrize("num_items", [30, 400])
+def test_the_sparse_sampler_avoids_the_excluded_items_and_is_uniform(num_items: int) -> None:
+    from datamodules.negatives import sample_unseen_sparse
+
+    excluded = [torch.tensor([1, 2, 3]), torch.arange(1, num_items - 9), torch.tensor([], dtype=torch.long)]
+    offsets = torch.tensor([0, *torch.cumsum(torch.tensor([e.numel() for e in excluded]), 0).tolist()])
+    items = torch.cat(excluded)
+    users = torch.tensor([0, 1, 2]).repeat(3000)
+    k = 10
+    first = sample_unseen_sparse(users, offsets, items, num_items, k, torch.Generator().manual_seed(5))
+    again = sample_unseen_sparse(users, offsets, items, num_items, k, torch.Generator().manual_seed(5))
+    assert torch.equal(first, again) and first.shape == (users.numel(), k)
+    assert ((first >= 1) & (first <= num_items)).all()
+    for user, out in enumerate(excluded):
+        rows = first[users == user]
+        assert all(torch.unique(row).numel() == k for row in rows[:200])  # without replacement
+        assert not torch.isin(rows, out).any()
+        allowed = num_items - out.numel()
+        counts = torch.bincount(rows[:, 0], minlength=num_items + 1).float()  # the first column alone is uniform too
+        expected = rows.shape[0] / allowed
+        chi2 = ((counts[counts > 0] - expected) ** 2 / expected).sum() + (allowed - (counts > 0).sum()) * expected
+        assert chi2 < allowed + 6 * (2 * allowed) ** 0.5, (user, float(chi2), allowed)

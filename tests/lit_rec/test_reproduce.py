@@ -304,3 +304,21 @@ def test_the_report_charts_every_complete_row_as_one_line_per_method() -> None:
     ks, ctrs, methods = ctr_by_method(rows)
     assert ks == list(reproduce.KS) and methods == ["Random", "DQN"]
     assert ctrs[0] == [1 / (k + 1) for k in reproduce.KS] and ctrs[1] == [0.5] * len(reproduce.KS)
+
+
+def test_table1_prints_the_test_sample_and_its_interval() -> None:
+    results = [fake_result(name, 0, 0.0) for name in ("DQN", "DADRL")]
+    meta = {"dataset": "toy", "budget": "quick", "seeds": [0], "command": "c", "date": "d", "wall_s": 60.0,
+            "cpu_s": 50.0, "load_average_at_start": "1.00", "torch_threads": 1, "wandb_group": "g",
+            "cap": reproduce.CAPS["quick"], "monitor": "val/ctr@10", "patience": 3}
+    assert "events evaluated" not in reproduce.format_table1(reproduce.table_rows(results, ["DQN"]), meta, [])
+    for result in results:
+        result.test_sample = (1000, 5000)
+    text = reproduce.format_table1(reproduce.table_rows(results, ["DQN", "DADRL"]), meta, [])
+    ctr = 0.9 / math.sqrt(10)
+    width = 1.959963984540054 * math.sqrt(ctr * (1 - ctr) / 1000 * 4000 / 4999)
+    assert f"test: 1000 of 5000 events evaluated (a seeded sample, eval_max_events); 95% CI of CTR@10 ± {width:.4f}" in text
+    for result in results:
+        result.test_sample = (5000, 5000)
+    assert "5000 of 5000 events evaluated (every event, exact); 95% CI of CTR@10 ± 0.0000" in reproduce.format_table1(
+        reproduce.table_rows(results, ["DQN"]), meta, [])
