@@ -150,6 +150,44 @@ def bench_dataset(key: str, work: Path, cap: dict[str, Any], sweeps: bool, budge
             "runs": runs}
 
 
+PLOTTED = {  # run name: (label, colour, line style)
+    "A2C-F": ("A2C-F (datacenter)", "tab:green", "-"),
+    "DADRL heavy": ("DADRL, heavy tail", "tab:blue", "-"),
+    "A2C-D heavy": ("A2C-D, heavy tail", "tab:red", "-"),
+    "DADRL none": ("DADRL, constant speeds", "tab:blue", ":"),
+    "A2C-D none": ("A2C-D, constant speeds", "tab:red", ":"),
+}
+
+
+def plot(datasets: dict[str, Any], path: Path) -> None:
+    """Validation CTR@10 against simulated hours (log scale), one panel per dataset, with its target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 5.2), dpi=110, squeeze=False)
+    for ax, (key, result) in zip(axes[0], datasets.items()):
+        for name, (label, colour, style) in PLOTTED.items():
+            curve = result["runs"].get(name, {}).get("curve") or []
+            if curve:
+                ax.plot([p["sim_s"] / 3600 for p in curve], [p["val_ctr@10"] for p in curve], style, marker="o", ms=2.5,
+                        color=colour, label=label)
+        ax.axhline(result["target"], color="grey", lw=0.8, ls="--", label=f"target {result['target']:.3f}")
+        heavy = result["tail_sweep"].get("heavy", {})
+        speedup = heavy.get("speedup")
+        ax.set_title(f"{key}: DADRL reaches the target {speedup:.1f}x sooner than A2C-D (heavy tail)" if speedup
+                     else f"{key}: DADRL vs A2C-D (heavy tail)", fontsize=10)
+        ax.set_xscale("log")
+        ax.set_xlabel("simulated hours (device clock), log scale")
+        ax.set_ylabel("val CTR@10")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="ML-100K only, at most 6 epochs a run")
@@ -159,7 +197,16 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=None, help="epochs per run at most (default 20 full, 6 quick)")
     parser.add_argument("--no-sweeps", action="store_true", help="only the heavy tail and the control (no moderate tail, no K sweep)")
     parser.add_argument("--sweeps-on", nargs="*", default=["ml100k"], help="datasets that run the sweeps (default ml100k)")
+    parser.add_argument("--plot", type=Path, default=None, help="also draw val CTR@10 against simulated hours into this PNG")
+    parser.add_argument("--plot-from", nargs="+", type=Path, default=None,
+                        help="draw --plot from these earlier JSON outputs (their last lines) instead of running")
     options = parser.parse_args()
+    if options.plot_from:
+        merged = {}
+        for file in options.plot_from:
+            merged.update(json.loads(file.read_text().strip().splitlines()[-1])["datasets"])
+        plot(merged, options.plot or ROOT / "docs" / "async_time.png")
+        return
     budget = "quick" if options.quick else "full"
     keys = options.datasets or (["ml100k"] if options.quick else ["ml100k", "ml1m"])
     for key in keys:
@@ -175,6 +222,8 @@ def main() -> None:
         for key in keys:
             log(f"{key}: cap {cap}")
             results[key] = bench_dataset(key, Path(tmp), cap, not options.no_sweeps and key in options.sweeps_on, budget)
+    if options.plot:
+        plot(results, options.plot)
     main_key = SPEEDUP_DATASET[budget] if SPEEDUP_DATASET[budget] in results else keys[-1]
     main_case = results[main_key]["tail_sweep"]
     print(json.dumps({
