@@ -9,11 +9,13 @@ cap of epochs (`--max-epochs`, 20; 6 with `--quick`), so every figure is indepen
 delay 1 s per update; `heavy` tail = log-normal speeds with sigma 1.5, `moderate` sigma 0.75, `none` =
 constant speeds (the control). Every method simulates the same devices (same clock seed).
 
-Equal concurrency (FedBuff's comparison): A2C-D's rounds have a cohort of 128 devices (the data's batch
-size) and wait for the slowest (its clients replay two windows a round: `local_steps: 2`); DADRL runs
-FedBuff on the clock (`arrival: clock`) with the same 128 devices training at once, a freed slot refilled
-by an idle device as each report arrives, and a server step per buffer of K = 128 reports; A2C-F is the
-centralised line (a datacenter at the median device speed, no network delay).
+Equal events per server step: A2C-D's shipped round is a cohort of 64 devices (the data's batch of 128
+windows over its `local_steps: 2`) each replaying two windows, and waits for the slowest; DADRL runs FedBuff
+on the clock (`arrival: clock`) with 128 devices training at once, one window each, a freed slot refilled
+by an idle device as each report arrives, and a server step per buffer of K = 128 reports. So DADRL has
+twice A2C-D's devices in flight at half the work each (at constant speeds its throughput is 1.5x);
+BENCHMARKS.md gives the control with A2C-D at `local_steps: 1` (128 devices, one window each: 0.64). A2C-F
+is the centralised line (a datacenter at the median device speed, no network delay).
 
 The target: 95% of A2C-F's best validation CTR@10. If DADRL or A2C-D (heavy tail) never reaches it, the
 target becomes 95% of the lower of their two best validation CTR@10 (`target_rule` says which), and each
@@ -26,10 +28,12 @@ Fields: `speedup_vs_a2c_d` = A2C-D's simulated time to the target / DADRL's (hea
 `control_speedup` = the same ratio with constant speeds; on the sweep datasets (`--sweeps-on`, ML-100K)
 `tail_sweep` (none / moderate / heavy) and `k_sweep` (K = 32 / 64 / 128, 128 devices training at once,
 heavy tail; the batch size is K, so an epoch stays one pass over the train events) give each case's times
-and ratio; `a2c_d_deadline` is A2C-D with heavy tails and a 10 s round deadline (the late members dropped,
+and ratio; `equal_work` is A2C-D at `local_steps: 1` (128 devices of one window: DADRL's concurrency
+and work) against DADRL, constant and heavy (`control_speedup_equal_work`: its constant-speed ratio);
+`a2c_d_deadline` is A2C-D with heavy tails and a 10 s round deadline (the late members dropped,
 as production FL does) and DADRL's speedup against it.
 
-Full mode: ML-100K with the sweeps (10 runs, about a minute each), then ML-1M users 1-2999 (5 runs, about
+Full mode: ML-100K with the sweeps (12 runs, about a minute each), then ML-1M users 1-2999 (5 runs, about
 25 s an epoch, 8-20 epochs each): about 60 minutes of one core; `--datasets ml1m` and `--datasets ml100k`
 in two processes halve it on two cores. `--quick`: ML-100K, 6 epochs a run: about 8 minutes. One torch
 thread; progress on stderr.
@@ -70,8 +74,8 @@ TAILS = {  # the devices' speed distribution (median 50 events per simulated sec
     "heavy": ["--model.init_args.clock.kind=lognormal", "--model.init_args.clock.sigma=1.5"],
 }
 CONFIGS = {"DADRL": "configs/dadrl.yaml", "A2C-D": "configs/a2c_d.yaml", "A2C-F": "configs/a2c_f.yaml"}
-COHORT = 128  # configs/data/{ml100k,ml1m}.yaml's batch_size: A2C-D's and A2C-F's cohort, DADRL's buffer K
-# DADRL on the clock with as many devices training at once as A2C-D's cohort (FedBuff's comparison at equal concurrency)
+COHORT = 128  # configs/data/{ml100k,ml1m}.yaml's batch_size: windows per server step of every method, DADRL's buffer K
+# DADRL on the clock with 128 devices training at once, one window each (A2C-D: 64 devices of two windows)
 METHOD_ARGS = {"DADRL": ["--model.init_args.arrival=clock", f"--model.init_args.concurrency={COHORT}"], "A2C-D": [], "A2C-F": []}
 DEADLINE = 10.0  # simulated seconds of A2C-D's rounds in its deadline run (heavy tail: up to 16% of members late)
 K_SWEEP = (32, 64)  # besides K = 128 (the batch size), with the heavy tail and the same 128 devices training at once
@@ -120,6 +124,9 @@ def bench_dataset(key: str, work: Path, cap: dict[str, Any], sweeps: bool, budge
     if sweeps:
         runs["A2C-D heavy deadline"] = run(settings, f"{key} A2C-D heavy deadline", "A2C-D",
                                            [*TAILS["heavy"], f"--model.init_args.deadline={DEADLINE}"], cap)
+        for tail in ("none", "heavy"):  # A2C-D at one local step: 128 devices of one window, DADRL's concurrency and work
+            runs[f"A2C-D {tail} local_steps 1"] = run(settings, f"{key} A2C-D {tail} local_steps 1", "A2C-D",
+                                                      [*TAILS[tail], "--model.init_args.local_steps=1"], cap)
         for k in K_SWEEP:
             runs[f"DADRL heavy K={k}"] = run(settings, f"{key} DADRL heavy K={k}", "DADRL", [*TAILS["heavy"], f"--data.batch_size={k}"], cap)
     best = {name: r["best_val_ctr@10"] or 0.0 for name, r in runs.items()}
@@ -144,8 +151,10 @@ def bench_dataset(key: str, work: Path, cap: dict[str, Any], sweeps: bool, budge
     tails = {tail: versus(f"DADRL {tail}", f"A2C-D {tail}") for tail in TAILS if f"DADRL {tail}" in runs}
     ks = {str(k): {**versus(name, "A2C-D heavy"), "test_ctr@10": runs[name]["test_ctr@10"]}
           for k, name in [(128, "DADRL heavy"), *((k, f"DADRL heavy K={k}") for k in K_SWEEP)] if name in runs}
+    equal_work = {tail: versus(f"DADRL {tail}", f"A2C-D {tail} local_steps 1") for tail in ("none", "heavy")
+                  if f"A2C-D {tail} local_steps 1" in runs}
     return {"target": round(target, 4), "target_rule": rule, "a2c_f_sim_s": runs["A2C-F"]["sim_s_to_target"],
-            "tail_sweep": tails, "k_sweep": ks,
+            "tail_sweep": tails, "k_sweep": ks, "equal_work": equal_work,
             "a2c_d_deadline": {"deadline_s": DEADLINE, **versus("DADRL heavy", "A2C-D heavy deadline")} if "A2C-D heavy deadline" in runs else None,
             "runs": runs}
 
@@ -230,7 +239,9 @@ def main() -> None:
         "bench": "async_time", "mode": budget, "threads": THREADS, "cap": cap, "speedup_dataset": main_key,
         "speedup_vs_a2c_d": main_case["heavy"]["speedup"], "ctr10_gap": main_case["heavy"]["ctr10_gap"],
         "control_speedup": main_case["none"]["speedup"], "speedup_target": main_case["heavy"]["target"],
-        "control_target": main_case["none"]["target"], "wall_s": round(time.perf_counter() - started, 1),
+        "control_target": main_case["none"]["target"],
+        "control_speedup_equal_work": next((r["equal_work"]["none"]["speedup"] for r in results.values()
+                                            if "none" in r.get("equal_work", {})), None), "wall_s": round(time.perf_counter() - started, 1),
         "datasets": results,
     }))
 
