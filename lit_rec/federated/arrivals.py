@@ -199,6 +199,12 @@ class BufferedArrivals(ArrivalModel):
         self.slot_client = torch.zeros(0, dtype=torch.long)
         self.slot_done = torch.zeros(0, dtype=torch.float64)
 
+    def idle_log_weights(self, busy: Tensor) -> Tensor:
+        """Log activity with the `busy` devices at -inf: the weights an idle device is drawn with."""
+        mask = torch.zeros(self.activity.numel(), dtype=torch.bool)
+        mask[busy] = True
+        return self.log_activity.masked_fill(mask, -torch.inf)
+
     def _durations(self, clients: Tensor) -> Tensor:
         """How long the updates of `clients (n,)` starting now take `(n,)`."""
         raise NotImplementedError
@@ -213,10 +219,8 @@ class BufferedArrivals(ArrivalModel):
         times, slots = self.slot_done.topk(self.cohort_size, largest=False)
         self.now = float(times.max())
         reporting = self.slot_client[slots].clone()
-        busy = torch.zeros(self.activity.numel(), dtype=torch.bool)
-        busy[self.slot_client] = True
-        busy[reporting] = False  # a device that just reported may start again
-        log_weights = self.log_activity.masked_fill(busy, -torch.inf)
+        busy = self.slot_client[~torch.isin(self.slot_client, reporting)]  # a device that just reported may start again
+        log_weights = self.idle_log_weights(busy)
         starting = weighted_sample_without_replacement(log_weights, self.cohort_size, self.rng.generator)
         self.slot_client[slots] = starting
         self.slot_done[slots] = self.now + self._durations(starting)
@@ -299,9 +303,7 @@ class ClockArrivals(BufferedArrivals):
 
     def step(self) -> Cohort:
         """The next `cohort_size` reports in time order, refilling freed slots as they arrive (an event loop over K)."""
-        busy = torch.zeros(self.activity.numel(), dtype=torch.bool)
-        busy[self.slot_client] = True
-        idle_order = weighted_sample_without_replacement(self.log_activity.masked_fill(busy, -torch.inf),
+        idle_order = weighted_sample_without_replacement(self.idle_log_weights(self.slot_client),
                                                          self.cohort_size - 1, self.rng.generator)  # the draw order
         idle_durations = self._durations(idle_order).tolist()
         events = list(zip(self.slot_done.tolist(), range(self.slot_done.numel())))
@@ -321,11 +323,8 @@ class ClockArrivals(BufferedArrivals):
         slots = torch.tensor(waiting, dtype=torch.long)
         running = torch.ones(self.slot_client.numel(), dtype=torch.bool)
         running[slots] = False
-        busy = torch.zeros(self.activity.numel(), dtype=torch.bool)
-        busy[self.slot_client[running]] = True
-        starting = weighted_sample_without_replacement(self.log_activity.masked_fill(busy, -torch.inf), slots.numel(),
+        starting = weighted_sample_without_replacement(self.idle_log_weights(self.slot_client[running]), slots.numel(),
                                                        self.rng.generator)
-        slots = slots[: starting.numel()]
         self.slot_client[slots] = starting
         self.slot_done[slots] = self.now + self._durations(starting)
         return Cohort(reporting=torch.tensor(reporting, dtype=torch.long), downloading=starting, downloading_before=started_early)
