@@ -67,6 +67,8 @@ class LogConfigCallback(SaveConfigCallback):
 class LitRecCLI(LightningCLI):
     """LightningCLI with early stopping as a key of its own (`early_stopping`); links the data's sizes into the model."""
 
+    _trained_by: dict[str, str] | None = None  # the W&B run saved in `--ckpt_path` (test/predict link to it)
+
     def add_arguments_to_parser(self, parser: Any) -> None:
         """Early stopping as a key of its own (`--early_stopping.patience=N`; class and values in
         configs/callbacks/default.yaml), added after `trainer.callbacks`. Links `num_items`/`num_users` at
@@ -134,7 +136,7 @@ class LitRecCLI(LightningCLI):
         config = self.config[subcommand] if subcommand else self.config
         if config.get("top_k") is not None:
             config["model"]["init_args"]["predict_top_k"] = config["top_k"]
-        _name_wandb_run(config, subcommand or "fit", getattr(self, "_trained_by", None))
+        _name_wandb_run(config, subcommand or "fit", self._trained_by)
 
     def _parse_or_exit_short(self, parser: Any, args: Any, parse: Callable[[], None] | None = None) -> None:
         """LightningCLI's parse (or `parse`); a bad key or value is a short paragraph on stderr and exit code 2
