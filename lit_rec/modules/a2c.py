@@ -117,7 +117,7 @@ class A2CD(SynchronousA2C):
         params = start.clone()
         auxes = []
         for step in range(self.local_steps):
-            gradient, _, aux = per_client_gradients(self.window_loss, params, None, client_rows(data, slice(None), step), self.vmap_randomness)
+            gradient, _, aux = per_client_gradients(self.vmappable_window_loss, params, None, client_rows(data, slice(None), step), self.vmap_randomness)
             params = params - self.client_lr * clipped(gradient, self.clip_norm)
             auxes.append(aux)
         return start - params, {key: torch.stack([aux[key] for aux in auxes]).sum(0) for key in ("loss", "hits", "count")}

@@ -205,27 +205,43 @@ class ActorCriticBase(RecModule):
         return data
 
     def window_loss(self, flat: Tensor, user_vector: Tensor | None, data: Windows) -> tuple[Tensor, dict[str, Tensor]]:
-        """Summed loss over the counted positions of windows `data["history"] (n, L)` with one flat version; aux per window."""
+        """Summed loss over the counted positions of windows `data["history"] (n, L)` with one flat version; aux per window.
+
+        The actor's softmax is computed only at the positions that count (`mask`): on logs of short
+        sessions most of a window is padding, and the catalogue's logits are the step's cost.
+        Not vmappable (the positions' number depends on the data): `vmappable_window_loss` is."""
+        return self._window_loss(flat, user_vector, data, counted_only=True)
+
+    def vmappable_window_loss(self, flat: Tensor, user_vector: Tensor | None, data: Windows) -> tuple[Tensor, dict[str, Tensor]]:
+        """`window_loss` with the softmax at every position (fixed shapes, so `vmap` can batch it over clients)."""
+        return self._window_loss(flat, user_vector, data, counted_only=False)
+
+    def _window_loss(self, flat: Tensor, user_vector: Tensor | None, data: Windows, counted_only: bool) -> tuple[Tensor, dict[str, Tensor]]:
         params = self.flat.views(flat)
         query, values = functional_call(self.policy, params, (data["history"], user_vector))
         item_table = params["net.encoder.item_embedding.weight"]
+        mask, targets, rivals = data["mask"], data["targets"], data["rivals"]
+        if counted_only:  # (P, D) states that count, P <= n * L
+            query, targets, rivals = query[mask], targets[mask], rivals[mask]
         if self.training_softmax.softmax == "full":
-            columns = full_catalogue(query, item_table, data["targets"])
+            columns = full_catalogue(query, item_table, targets)
         else:
             assert self._log_q is not None
-            columns = sampled_catalogue(query, item_table, data["targets"], data["negatives"], self._log_q)
-        mask = data["mask"]
+            columns = sampled_catalogue(query, item_table, targets, data["negatives"], self._log_q)
         logged = -cross_entropy(columns)  # the fused log-softmax: no (n, L, C) log-probability tensor kept
         entropy = None
         if self.entropy_coef > 0:
             log_probs = F.log_softmax(columns.logits(), dim=-1)
             entropy = -(log_probs.exp() * log_probs.masked_fill(log_probs == float("-inf"), 0.0)).sum(-1)
+        with torch.no_grad():
+            hits = greedy_hits(columns.masked_scores(), columns.target, rivals)
+        if counted_only:  # back to (n, L); the positions that do not count are selected out by the loss
+            logged, hits = _at_positions(logged, mask), _at_positions(hits, mask)
+            entropy = _at_positions(entropy, mask) if entropy is not None else None
         loss, parts = window_a2c_loss(
             logged, values, mask, self.gamma, self.ce_weight, self.pg_weight, self.value_coef, self.entropy_coef, entropy
         )
-        with torch.no_grad():
-            hits = greedy_hits(columns.masked_scores(), columns.target, data["rivals"]) & mask
-        return loss, {**parts, "loss": loss, "hits": hits.float().sum(-1)}
+        return loss, {**parts, "loss": loss, "hits": (hits & mask).float().sum(-1)}
 
     @property
     def vmap_randomness(self) -> Literal["different", "error"]:
@@ -316,3 +332,8 @@ class ActorCriticBase(RecModule):
         super().on_load_checkpoint(checkpoint)
         self._pending_state = checkpoint.get("federated")
         self.clients = self.arrivals = self.server = None
+
+
+def _at_positions(values: Tensor, mask: Tensor) -> Tensor:
+    """`values (P,)` of the positions where `mask (n, L)` holds, as `(n, L)` with zeros (False) elsewhere."""
+    return values.new_zeros(mask.shape).masked_scatter(mask, values)

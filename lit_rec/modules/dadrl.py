@@ -151,7 +151,7 @@ class DADRL(ActorCriticBase):
         for chunk in torch.split(mine, self.client_chunk):
             user_vector = user_vectors[chunk] if user_vectors is not None else None
             flat = self.server.parameters_at(version[chunk])
-            gradient, g_private, aux = per_client_gradients(self.window_loss, flat, user_vector, client_rows(data, chunk), self.vmap_randomness)
+            gradient, g_private, aux = per_client_gradients(self.vmappable_window_loss, flat, user_vector, client_rows(data, chunk), self.vmap_randomness)
             self.server.receive(clipped(gradient, self.clip_norm), version[chunk], shares=client_shares(aux["count"], self.aggregation))
             sent.append((chunk, aux, g_private))
         return sent

@@ -123,13 +123,34 @@ def test_a_fresh_cohort_with_constant_weights_reproduces_a_synchronous_a2c_updat
         optimizer = torch.optim.SGD(module.policy.parameters(), lr=0.5)
         server = Server(list(module.policy.parameters()), max_staleness=3, weighting="constant")
         server.start()
-        grads, _, aux = per_client_gradients(module.window_loss, server.parameters_at(0), None, data, module.vmap_randomness)
+        grads, _, aux = per_client_gradients(module.vmappable_window_loss, server.parameters_at(0), None, data, module.vmap_randomness)
         server.receive(grads, torch.zeros(6, dtype=torch.long), shares=client_shares(aux["count"], aggregation))
         assert _apply(server, list(module.policy.parameters()), optimizer)[0].lr_scale == 1.0
     for (name, p), q in zip(module.policy.named_parameters(), reference.parameters()):
         assert torch.allclose(p.grad, q.grad, rtol=1e-9, atol=1e-12), name
         assert torch.allclose(p, q, rtol=1e-9, atol=1e-12), name
     assert torch.equal(server.parameters_at(1), server.flat_parameters())
+
+
+@pytest.mark.parametrize("entropy_coef", [0.0, 0.1])
+def test_the_softmax_at_counted_positions_only_gives_the_loss_and_gradients_of_every_position(entropy_coef):
+    """window_loss scores the catalogue only where a window counts (short sessions: mostly padding); nothing changes."""
+    module = _module(entropy_coef=entropy_coef)
+    module.double()
+    data, private = _windows(), torch.randn(6, 16, dtype=torch.float64)
+    flat = torch.cat([p.detach().reshape(-1) for p in module.policy.parameters()])
+    results = []
+    with sdpa_kernel(SDPBackend.MATH):
+        for loss_of in (module.window_loss, module.vmappable_window_loss):
+            leaf, user = flat.clone().requires_grad_(True), private.clone().requires_grad_(True)
+            loss, aux = loss_of(leaf, user, data)
+            results.append((loss.detach(), aux, torch.autograd.grad(loss.sum(), [leaf, user])))
+    (loss_a, aux_a, grads_a), (loss_b, aux_b, grads_b) = results
+    assert torch.allclose(loss_a, loss_b, rtol=1e-12, atol=1e-12)
+    assert aux_a.keys() == aux_b.keys() and all(torch.allclose(aux_a[k].detach(), aux_b[k].detach(), rtol=1e-12, atol=1e-12) for k in aux_a)
+    assert aux_a["count"].tolist() == [2, 2, 5, 5, 5, 5] and aux_a["hits"].sum() > 0
+    for a, b in zip(grads_a, grads_b):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_clients_on_different_stale_versions_get_the_gradients_of_their_own_copies():
@@ -142,11 +163,11 @@ def test_clients_on_different_stale_versions_get_the_gradients_of_their_own_copi
     owner = torch.tensor([0, 1, 1, 0, 1, 0])
     private = torch.randn(6, 16, dtype=torch.float64)
     with sdpa_kernel(SDPBackend.MATH):
-        together, private_together, _ = per_client_gradients(module.window_loss, versions[owner], private, data, module.vmap_randomness)
+        together, private_together, _ = per_client_gradients(module.vmappable_window_loss, versions[owner], private, data, module.vmap_randomness)
         for v in (0, 1):
             rows = torch.nonzero(owner == v).squeeze(1)
             part = {k: t if k == "negatives" else t[rows] for k, t in data.items()}
-            apart, private_apart, _ = per_client_gradients(module.window_loss, versions[v], private[rows], part, module.vmap_randomness)
+            apart, private_apart, _ = per_client_gradients(module.vmappable_window_loss, versions[v], private[rows], part, module.vmap_randomness)
             assert torch.allclose(together[rows], apart, rtol=1e-9, atol=1e-12)
             assert torch.allclose(private_together[rows], private_apart, rtol=1e-9, atol=1e-12)
     assert not torch.allclose(together[owner == 0][0], together[owner == 1][0])
@@ -176,7 +197,7 @@ def test_without_clipping_one_pass_per_stale_version_gives_the_server_step_of_pe
         groups = send_per_version(grouped, module.window_loss, version, mine, windows, private, aggregation)
         step_a, grads_a = _apply(grouped, parameters)
         per_client = server_after_three_steps()
-        grads, private_grads, aux = per_client_gradients(module.window_loss, per_client.parameters_at(version), private, windows, module.vmap_randomness)
+        grads, private_grads, aux = per_client_gradients(module.vmappable_window_loss, per_client.parameters_at(version), private, windows, module.vmap_randomness)
         per_client.receive(grads, version, shares=client_shares(aux["count"], aggregation))
         step_b, grads_b = _apply(per_client, parameters)
     assert len(groups) == 3  # one backward pass per distinct version
