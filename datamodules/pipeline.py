@@ -127,11 +127,12 @@ def format_dropped(dropped: dict[str, int]) -> list[str]:
 # ---------------------------------------------------------------------------- pipeline
 
 
-def read_canonical(config: PipelineConfig) -> pl.DataFrame:
-    """The canonical frame of the configured source (simulated for `synthetic`)."""
+def read_canonical(config: PipelineConfig) -> tuple[pl.DataFrame, pl.Series | None]:
+    """The canonical frame of the configured source (simulated for `synthetic`), and the id of each user code
+    when the reader coded the users itself (`readers.read_source_coded`; None: `user` holds the ids)."""
     if config.source.format == "synthetic":
-        return simulate(config.synthetic)
-    return readers.read_source(config.source)
+        return simulate(config.synthetic), None
+    return readers.read_source_coded(config.source)
 
 
 def prepare(config: PipelineConfig) -> Prepared:
@@ -142,8 +143,9 @@ def prepare(config: PipelineConfig) -> Prepared:
 
 def _prepare(config: PipelineConfig) -> Prepared:
     dropped = dict.fromkeys(DROP_REASONS, 0)
-    raw = drop_nulls(read_canonical(config), dropped)
-    raw, user_ids, item_ids = encode_ids(raw)
+    raw, coded_users = read_canonical(config)
+    raw = drop_nulls(raw, dropped)
+    raw, user_ids, item_ids = encode_ids(raw, coded_users)
     copies = count_copies(raw)  # exact duplicates: counted, not removed (the dedupe keeps their original)
     logged, rows = LoggedPairs.of(raw), raw.height  # every logged pair: frozen negatives avoid them all
     events = select_positives(raw, config.threshold, dropped)
@@ -213,14 +215,19 @@ def select_positives(frame: pl.DataFrame, threshold: float, dropped: dict[str, i
     return kept
 
 
-def encode_ids(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series, pl.Series]:
+def encode_ids(frame: pl.DataFrame, user_ids: pl.Series | None = None) -> tuple[pl.DataFrame, pl.Series, pl.Series]:
     """Replaces the `user` and `item` strings by dense integer codes (0..n-1, first appearance order).
 
     Returns the frame and, per column, the original ids by code (`ids[code]`). Each string is
     hashed once here; joins, sorts and groupings downstream then work on small integers.
+    `user_ids`: the `user` column holds codes already (a coding reader's), these are their ids.
     """
     columns, ids = [], []
     for name in ("user", "item"):
+        if name == "user" and user_ids is not None:
+            columns.append(frame["user"].cast(pl.UInt32))
+            ids.append(user_ids.rename("id"))
+            continue
         code, distinct = _encode(frame[name])
         columns.append(code.alias(name))
         ids.append(distinct.rename("id"))
@@ -298,7 +305,7 @@ def id_index(codes: pl.Series, ids: pl.Series, start: int) -> tuple[np.ndarray, 
     frame = pl.DataFrame({"code": used, "id": ids.gather(used)})
     if frame["id"].str.contains(r"^[0-9]{1,18}$").all():
         frame = frame.with_columns(pl.col("id").cast(pl.Int64).alias("number")).sort("number", "id")
-    else:
+    elif not frame["id"].is_sorted():  # codes in id order (a coding reader's) are left as they are
         frame = frame[string_order(frame["id"])]
     index = np.full(ids.len(), -1, dtype=np.int64)
     index[frame["code"].to_numpy()] = np.arange(start, start + frame.height, dtype=np.int64)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from datamodules.errors import DataError
@@ -128,6 +129,22 @@ def read_source(source: Source) -> pl.DataFrame:
     raise DataError(f"format {source.format!r}: expected a file format, not {source.format!r}")
 
 
+def read_source_coded(source: Source) -> tuple[pl.DataFrame, pl.Series | None]:
+    """`read_source`, or, where a reader codes the users itself (`outbrain_pair_by_arrays`), the frame with
+    `user` as UInt32 codes and the id of each code."""
+    files = source_files(source)
+    if source.format == "outbrain" and len(files) == 2:
+        try:
+            coded = outbrain_pair_by_arrays(*files)
+        except DataError:
+            raise
+        except Exception:  # noqa: BLE001 - a value the typed reader rejects: the paths below report it
+            coded = None
+        if coded is not None and coded[0].height:
+            return coded
+    return read_source(source), None
+
+
 def read_movielens(path: str | Path) -> pl.DataFrame:
     """Reads MovieLens `u.data` (tab separated) or `ratings.dat` (`::` separated): user item rating ts."""
     file = _movielens_file(Path(path))
@@ -158,23 +175,97 @@ OUTBRAIN_EVENTS_DTYPES = {"display_id": pl.Int64, "uuid": pl.String, "timestamp"
 
 def scan_outbrain_pair(clicks_file: Path, events_file: Path) -> pl.LazyFrame:
     """The typed, lazy join of clicks_train.csv and events.csv: user (Enum), item (Int64), ts, rating (Int8), row."""
-    for file, dtypes in ((clicks_file, OUTBRAIN_CLICKS_DTYPES), (events_file, OUTBRAIN_EVENTS_DTYPES)):
-        _require_columns(_csv_header(file, ","), list(dtypes), file)
-    uuid = pl.col("uuid").str.strip_chars()
-    events = (
-        _scan_typed(events_file, OUTBRAIN_EVENTS_DTYPES)
-        .unique("display_id", keep="first", maintain_order=True)
-        .with_columns(pl.when(uuid.str.len_bytes() > 0).then(uuid).alias("uuid"))  # as the text path's ids
-        .collect(engine="streaming")
-    )
+    events = _outbrain_events(clicks_file, events_file)
     users = pl.Enum(events["uuid"].drop_nulls().unique(maintain_order=True))
-    events = events.select(
-        "display_id", pl.col("uuid").cast(users).alias("user"), (pl.col("timestamp") + OUTBRAIN_EPOCH_MS).alias("ts")
-    )
+    events = events.select("display_id", pl.col("uuid").cast(users).alias("user"), "ts")
     clicks = _scan_typed(clicks_file, OUTBRAIN_CLICKS_DTYPES, row_index="row")
     # a click whose display is missing from events.csv gets a null user (dropped as null_user)
     joined = clicks.join(events.lazy(), on="display_id", how="left", maintain_order="left")
     return joined.select("user", pl.col("ad_id").alias("item"), "ts", pl.col("clicked").alias("rating"), "row")
+
+
+def _outbrain_events(clicks_file: Path, events_file: Path) -> pl.DataFrame:
+    """events.csv's first row per display: display_id, uuid (null when blank), ts (unix ms); both headers checked."""
+    for file, dtypes in ((clicks_file, OUTBRAIN_CLICKS_DTYPES), (events_file, OUTBRAIN_EVENTS_DTYPES)):
+        _require_columns(_csv_header(file, ","), list(dtypes), file)
+    uuid = pl.col("uuid").str.strip_chars()
+    return (
+        _scan_typed(events_file, OUTBRAIN_EVENTS_DTYPES)
+        .unique("display_id", keep="first", maintain_order=True)
+        .select("display_id", pl.when(uuid.str.len_bytes() > 0).then(uuid).alias("uuid"),  # as the text path's ids
+                (pl.col("timestamp") + OUTBRAIN_EPOCH_MS).alias("ts"))
+        .collect(engine="streaming")
+    )
+
+
+_DENSE_DISPLAYS = 4  # display ids spanning at most this many slots per events.csv row: joined through a lookup array
+
+
+def outbrain_pair_by_arrays(clicks_file: Path, events_file: Path) -> tuple[pl.DataFrame, pl.Series] | None:
+    """The Outbrain pair with its users already coded, for logs of Kaggle's shape (None otherwise).
+
+    Kaggle's uuids are hex strings of one width and its display ids nearly dense integers. Then each
+    uuid's code is its rank among the distinct uuids (the hex values' order is the strings' byte order,
+    so codes come in the order `pipeline.id_index` sorts ids), found by one sort of 64-bit integers
+    instead of a hash of every string, and the join is a lookup array from display id to events.csv's
+    row. Returns the canonical frame with `user` as UInt32 codes (null: no user) and the uuid of each
+    code: the rows and values of `scan_outbrain_pair` (whose Enum stands for the same strings).
+    """
+    events = _outbrain_events(clicks_file, events_file)
+    coded = hex_codes(events["uuid"])
+    display = events["display_id"]
+    if coded is None or display.null_count() or display.len() == 0:
+        return None
+    low, high = int(display.min()), int(display.max())
+    if high - low + 1 > _DENSE_DISPLAYS * display.len() + 1024:
+        return None
+    codes, ids = coded
+    row_of = np.full(high - low + 2, -1, dtype=np.int64)  # the last slot: displays outside the range (or null)
+    row_of[display.to_numpy() - low] = np.arange(display.len())
+    clicks = _scan_typed(clicks_file, OUTBRAIN_CLICKS_DTYPES, row_index="row").collect(engine="streaming")
+    slot = (clicks["display_id"] - low).fill_null(-1).to_numpy()
+    event = row_of[np.where((slot < 0) | (slot > high - low), high - low + 1, slot)]
+    del slot
+    found = event >= 0
+    event[~found] = 0
+    index = pl.Series(event)
+    del event
+    frame = pl.DataFrame({"user": codes.gather(index), "item": clicks["ad_id"], "ts": events["ts"].gather(index),
+                          "rating": clicks["clicked"], "row": clicks["row"]})
+    if not bool(found.all()):  # a click whose display is missing from events.csv gets a null user (null_user)
+        missing = pl.Series(~found)
+        frame = frame.with_columns(pl.when(missing).then(None).otherwise(pl.col(c)).alias(c) for c in ("user", "ts"))
+    return frame, ids
+
+
+_HEX_WIDTH = 15  # hex digits that fit a signed 64-bit integer
+
+
+def hex_codes(ids: pl.Series) -> tuple[pl.Series, pl.Series] | None:
+    """Codes of string ids that are all lowercase hex of one width (Outbrain's uuids), by rank; None otherwise.
+
+    Returns the UInt32 code of each id (null stays null) and the distinct ids by code, in byte order."""
+    present = ids.drop_nulls()
+    if present.len() == 0:
+        return None
+    width = present.str.len_bytes()
+    digits = int(width.max())
+    if int(width.min()) != digits or digits > _HEX_WIDTH or not present.str.contains(f"^[0-9a-f]{{{digits}}}$").all():
+        return None
+    values = present.str.to_integer(base=16)
+    order = values.arg_sort().to_numpy()
+    ordered = values.to_numpy()[order]
+    starts = np.empty(ordered.size, dtype=bool)
+    starts[0], starts[1:] = True, ordered[1:] != ordered[:-1]
+    codes = np.empty(ordered.size, dtype=np.uint32)
+    codes[order] = np.cumsum(starts, dtype=np.int64) - 1
+    distinct = present.gather(pl.Series(order[starts])).rename("id")
+    if present.len() == ids.len():
+        return pl.Series(ids.name, codes), distinct
+    valid = ids.is_not_null()
+    full = np.zeros(ids.len(), dtype=np.uint32)
+    full[valid.to_numpy()] = codes
+    return pl.select(pl.when(valid).then(pl.Series(full)).alias(ids.name)).to_series(), distinct
 
 
 def _scan_typed(file: Path, dtypes: dict[str, pl.DataType], row_index: str | None = None) -> pl.LazyFrame:

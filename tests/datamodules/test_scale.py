@@ -98,9 +98,58 @@ def test_real_logs_equal_the_old_pipeline(name: str) -> None:
 def test_outbrain_pair_equals_the_old_text_path(outbrain_log: Path, make_dm, monkeypatch: pytest.MonkeyPatch) -> None:
     typed = make_dm(path=str(outbrain_log), eval_ks=[1, 5, 10], cache_dir=None, **OUTBRAIN)
     assert digest(typed.tensors) == OLD_DIGESTS["make_log_20k"]
+    monkeypatch.setattr(readers, "outbrain_pair_by_arrays", lambda *_: None)  # the lazy join with an Enum of users
+    lazy = make_dm(path=str(outbrain_log), eval_ks=[1, 5, 10], cache_dir=None, **OUTBRAIN)
+    assert digest(lazy.tensors) == OLD_DIGESTS["make_log_20k"]
     monkeypatch.setattr(readers, "scan_outbrain_pair", lambda *_: (_ for _ in ()).throw(ValueError("typed off")))
     text = make_dm(path=str(outbrain_log), eval_ks=[1, 5, 10], cache_dir=None, **OUTBRAIN)
     assert digest(text.tensors) == OLD_DIGESTS["make_log_20k"]
+
+
+def _decoded(frame: pl.DataFrame, ids: pl.Series | None) -> list[tuple]:
+    """Rows with the user as its id string (codes through `ids`, an Enum cast)."""
+    user = ids.gather(frame["user"]) if ids is not None else frame["user"].cast(pl.String)
+    return frame.with_columns(user.alias("user")).rows()
+
+
+def test_the_array_join_gives_the_lazy_joins_rows_with_users_coded_in_id_order(tmp_path: Path, write_text) -> None:
+    """Kaggle-shaped pair: hex uuids coded by rank, display ids joined through an array; gaps, blanks, repeats kept as before."""
+    write_text(tmp_path / "events.csv", "display_id,uuid,document_id,timestamp,platform,geo_location\n"
+               "1,0f3a,9,100,1,US\n2,0a11,9,200,1,US\n2,ffff,9,250,1,US\n3, ,9,300,1,US\n5,0f3a,9,500,1,US\n6,00b2,9,600,1,US\n")
+    write_text(tmp_path / "clicks_train.csv", "display_id,ad_id,clicked\n"
+               "1,7,1\n1,8,0\n2,7,1\n3,9,1\n4,7,1\n5,8,1\n6,7,0\n99,7,1\n,8,1\n")
+    coded = readers.outbrain_pair_by_arrays(tmp_path / "clicks_train.csv", tmp_path / "events.csv")
+    assert coded is not None
+    frame, ids = coded
+    assert ids.to_list() == ["00b2", "0a11", "0f3a"]  # byte order: codes 0, 1, 2
+    assert frame["user"].to_list() == [2, 2, 1, None, None, 2, 0, None, None]  # display 2: its first row; 3 blank; 4, 99, null: none
+    assert frame["user"].dtype == pl.UInt32 and frame["ts"].null_count() == 3
+    lazy = readers.scan_outbrain_pair(tmp_path / "clicks_train.csv", tmp_path / "events.csv").collect()
+    assert _decoded(frame, ids) == _decoded(lazy, None)
+    assert frame.schema == {**lazy.schema, "user": pl.UInt32}
+
+
+def test_hex_codes_only_for_lowercase_hex_of_one_width() -> None:
+    codes, ids = readers.hex_codes(pl.Series("u", ["0b", "0a", None, "0b", "ff"]))
+    assert codes.to_list() == [1, 0, None, 1, 2] and ids.to_list() == ["0a", "0b", "ff"]
+    for odd in (["ab", "abc"], ["AB", "cd"], ["zz", "ab"], ["0x1", "abc"], ["a" * 16, "b" * 16]):
+        assert readers.hex_codes(pl.Series(odd)) is None, odd
+
+
+def test_a_pair_the_arrays_do_not_fit_is_read_by_the_lazy_join(tmp_path: Path, write_text) -> None:
+    """Sparse display ids (or ids other than hex) take `scan_outbrain_pair`: same rows, users not coded by the reader."""
+    write_text(tmp_path / "events.csv", "display_id,uuid,document_id,timestamp,platform,geo_location\n"
+               "1,u1,9,100,1,US\n2,u2,9,200,1,US\n")
+    write_text(tmp_path / "clicks_train.csv", "display_id,ad_id,clicked\n1,7,1\n2,8,1\n")
+    source = readers.Source("outbrain", str(tmp_path))
+    frame, ids = readers.read_source_coded(source)
+    assert ids is None and frame["user"].cast(pl.String).to_list() == ["u1", "u2"]
+    write_text(tmp_path / "events.csv", "display_id,uuid,document_id,timestamp,platform,geo_location\n"
+               "1,0a,9,100,1,US\n20000000,0b,9,200,1,US\n")
+    write_text(tmp_path / "clicks_train.csv", "display_id,ad_id,clicked\n1,7,1\n20000000,8,1\n")
+    assert readers.outbrain_pair_by_arrays(tmp_path / "clicks_train.csv", tmp_path / "events.csv") is None
+    frame, ids = readers.read_source_coded(source)
+    assert ids is None and frame["user"].cast(pl.String).to_list() == ["0a", "0b"]
 
 
 # ------------------------------------------------------------------ narrow ids, typed lazy reads
