@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from datamodules.errors import DataError
 
@@ -113,6 +114,22 @@ def _parquet_files(path: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------- readers
+
+
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def hex_strings(values: np.ndarray, width: int) -> pl.Series:
+    """Non-negative integers as lowercase hex strings of `width` digits (zero-padded), built as one Arrow buffer
+    (gathering 14M strings took 5 s at 100M rows; this takes 1)."""
+    shifts = 4 * np.arange(width - 1, -1, -1, dtype=np.int64)
+    chars = np.empty((values.size, width), dtype=np.uint8)
+    for start in range(0, values.size, _JOIN_ROWS // 16):
+        part = values[start : start + _JOIN_ROWS // 16].astype(np.int64)
+        chars[start : start + part.size] = _HEX_DIGITS[(part[:, None] >> shifts) & 15]
+    offsets = np.arange(0, (values.size + 1) * width, width, dtype=np.int64)
+    strings = pa.LargeStringArray.from_buffers(values.size, pa.py_buffer(offsets), pa.py_buffer(chars.reshape(-1)))
+    return pl.Series(pl.from_arrow(strings))
 
 
 def read_source(source: Source) -> pl.DataFrame:
@@ -223,19 +240,44 @@ def outbrain_pair_by_arrays(clicks_file: Path, events_file: Path) -> tuple[pl.Da
     row_of = np.full(high - low + 2, -1, dtype=np.int64)  # the last slot: displays outside the range (or null)
     row_of[display.to_numpy() - low] = np.arange(display.len())
     clicks = _scan_typed(clicks_file, OUTBRAIN_CLICKS_DTYPES, row_index="row").collect(engine="streaming")
-    slot = (clicks["display_id"] - low).fill_null(-1).to_numpy()
-    event = row_of[np.where((slot < 0) | (slot > high - low), high - low + 1, slot)]
-    del slot
-    found = event >= 0
-    event[~found] = 0
-    index = pl.Series(event)
-    del event
-    frame = pl.DataFrame({"user": codes.gather(index), "item": clicks["ad_id"], "ts": events["ts"].gather(index),
-                          "rating": clicks["clicked"], "row": clicks["row"]})
-    if not bool(found.all()):  # a click whose display is missing from events.csv gets a null user (null_user)
-        missing = pl.Series(~found)
-        frame = frame.with_columns(pl.when(missing).then(None).otherwise(pl.col(c)).alias(c) for c in ("user", "ts"))
+    user, ts = _join_by_display(clicks["display_id"], low, row_of, codes, events["ts"])
+    frame = pl.DataFrame({"user": user, "item": clicks["ad_id"], "ts": ts, "rating": clicks["clicked"], "row": clicks["row"]})
     return frame, ids
+
+
+def _join_by_display(
+    display: pl.Series, low: int, row_of: np.ndarray, codes: pl.Series, stamps: pl.Series
+) -> tuple[pl.Series, pl.Series]:
+    """Each click's user code and ts through `row_of[display - low]` (the events row; -1 none), in slices of
+    `_JOIN_ROWS` (no whole-log temporaries); null where the display or the value is missing."""
+    outside = row_of.size - 1
+    code_of, ts_of = codes.fill_null(0).to_numpy(), stamps.fill_null(0).to_numpy()
+    code_known = codes.is_not_null().to_numpy() if codes.null_count() else None
+    ts_known = stamps.is_not_null().to_numpy() if stamps.null_count() else None
+    rows = display.len()
+    user, ts = np.empty(rows, dtype=np.uint32), np.empty(rows, dtype=np.int64)
+    has_user, has_ts = np.empty(rows, dtype=bool), np.empty(rows, dtype=bool)
+    for start in range(0, rows, _JOIN_ROWS):
+        part = slice(start, start + _JOIN_ROWS)
+        slot = display.slice(start, _JOIN_ROWS).fill_null(low - 1).to_numpy() - low
+        slot[(slot < 0) | (slot >= outside)] = outside
+        event = row_of[slot]
+        found = event >= 0
+        event[~found] = 0
+        user[part], ts[part] = code_of[event], ts_of[event]
+        has_user[part] = found if code_known is None else found & code_known[event]
+        has_ts[part] = found if ts_known is None else found & ts_known[event]
+    return _with_nulls(pl.Series("user", user), has_user), _with_nulls(pl.Series("ts", ts), has_ts)
+
+
+_JOIN_ROWS = 1 << 22
+
+
+def _with_nulls(values: pl.Series, known: np.ndarray) -> pl.Series:
+    """`values`, null where not `known`."""
+    if bool(known.all()):
+        return values
+    return pl.select(pl.when(pl.Series(known)).then(values).alias(values.name)).to_series()
 
 
 _HEX_WIDTH = 15  # hex digits that fit a signed 64-bit integer
@@ -259,7 +301,7 @@ def hex_codes(ids: pl.Series) -> tuple[pl.Series, pl.Series] | None:
     starts[0], starts[1:] = True, ordered[1:] != ordered[:-1]
     codes = np.empty(ordered.size, dtype=np.uint32)
     codes[order] = np.cumsum(starts, dtype=np.int64) - 1
-    distinct = present.gather(pl.Series(order[starts])).rename("id")
+    distinct = hex_strings(ordered[starts], digits).rename("id")
     if present.len() == ids.len():
         return pl.Series(ids.name, codes), distinct
     valid = ids.is_not_null()

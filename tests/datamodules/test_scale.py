@@ -14,7 +14,7 @@ import torch
 from datamodules import cache, readers
 from datamodules.eval_sample import ctr_half_width, sample_rows
 from datamodules.pipeline import TEST, VAL, narrowest
-from datamodules.tensors import RecTensors
+from datamodules.tensors import Histories, RecTensors
 
 REPO = Path(__file__).parents[2]
 sys.path.insert(0, str(REPO / "bench"))
@@ -38,6 +38,7 @@ def digest(t: RecTensors) -> str:
         h.update(getattr(t, name).long().contiguous().numpy().tobytes())
     for part in (t.train, t.val, t.test):
         for name, value in vars(part).items():
+            value = value[:] if isinstance(value, Histories) else value  # the rows a stored table held
             if isinstance(value, torch.Tensor):
                 h.update(name.encode())
                 h.update(value.long().contiguous().numpy().tobytes())

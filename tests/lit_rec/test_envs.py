@@ -154,8 +154,8 @@ def test_click_model_prefers_logged_items():
     env = UserModelEnv(_tensors(), num_envs=3, train_negatives=4, seed=0, click_epochs=200)
     tensors = _tensors()
     others = torch.tensor([[7, 8, 9, 10, 11, 12]]).repeat(len(tensors.train), 1)
-    p_logged = env.click_probability(tensors.train.user, tensors.train.history, tensors.train.item[:, None])
-    p_other = env.click_probability(tensors.train.user, tensors.train.history, others)
+    p_logged = env.click_probability(tensors.train.user, tensors.train.history[:], tensors.train.item[:, None])
+    p_other = env.click_probability(tensors.train.user, tensors.train.history[:], others)
     assert p_logged.mean() > p_other.mean() + 0.3
     # fitted deterministically from the seed
     again = UserModelEnv(_tensors(), num_envs=3, train_negatives=4, seed=0, click_epochs=200)
