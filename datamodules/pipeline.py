@@ -146,11 +146,12 @@ def _prepare(config: PipelineConfig) -> Prepared:
     raw, coded_users = read_canonical(config)
     raw = drop_nulls(raw, dropped)
     raw, user_ids, item_ids = encode_ids(raw, coded_users)
-    copies = count_copies(raw)  # exact duplicates: counted, not removed (the dedupe keeps their original)
-    logged, rows = LoggedPairs.of(raw), raw.height  # every logged pair: frozen negatives avoid them all
-    events = select_positives(raw, config.threshold, dropped)
+    # exact duplicates: counted, not removed (the dedupe keeps their original), in the log and among its positives
+    rated = "rating" in raw.columns
+    copies, positive_copies = count_copies(raw, pl.col("rating") >= config.threshold if rated else pl.lit(True))
+    logged = LoggedPairs.of(raw)  # every logged pair: frozen negatives avoid them all
+    events = select_positives(raw, config.threshold, dropped).drop("rating", strict=False)
     del raw  # the whole log: freed before the steps on positives (at 100M rows it is most of the memory)
-    positive_copies = count_copies(events) if copies and events.height < rows else copies
     dropped["exact_duplicate"] += copies
     dropped["below_threshold"] -= copies - positive_copies  # a copy below the threshold counts as a copy only
     events = dedupe(events, dropped, copies=positive_copies)
@@ -287,6 +288,8 @@ def dedupe(frame: pl.DataFrame, dropped: dict[str, int], copies: int = 0) -> pl.
 def k_core(frame: pl.DataFrame, min_user: int, min_item: int, dropped: dict[str, int]) -> pl.DataFrame:
     """Iteratively drops users with < min_user and items with < min_item events until both hold."""
     before = frame.height
+    if min_user <= 1 and min_item <= 1:  # every user and item of a row has that row: nothing to drop
+        return frame
     while True:
         kept = frame.filter((pl.len().over("user") >= min_user) & (pl.len().over("item") >= min_item))
         if kept.height == frame.height:
@@ -338,8 +341,9 @@ def chronological(frame: pl.DataFrame, time_ordered: bool = False) -> pl.DataFra
     `time_ordered`: the rows are already in (ts, row) order, so a stable sort by user is enough (4x faster).
     """
     frame = frame.select("user", "item", "ts", "row")
-    if time_ordered:  # numpy's stable argsort and one gather: 3x faster than Polars' stable sort here
-        frame = frame[pl.Series(np.argsort(frame["user"].to_numpy(), kind="stable"))]
+    if time_ordered:  # a stable sort of the row numbers by user, then one gather (1.7x numpy's stable argsort)
+        order = frame.select("user").with_row_index("order").sort("user", maintain_order=True)["order"]
+        frame = frame[order]
     else:
         frame = frame.sort("user", "ts", "row")
     user = frame["user"].to_numpy()
@@ -380,7 +384,7 @@ def _split_per_user(events: pl.DataFrame, test: float, val: float) -> pl.DataFra
 
 def _split_by_time(events: pl.DataFrame, test: float, val: float) -> pl.DataFrame:
     """A global cut: events at or after the (1 - test) quantile of time are test, the `val` before them val."""
-    stamps = events.sort("ts", "row")["ts"]
+    stamps = events["ts"].sort()  # the (ts, row) order's timestamps: ties hold equal values
     total = stamps.len()
     n_test = pl.select(held_out(pl.lit(total), test)).item()
     n_val = pl.select(held_out(pl.lit(total), val)).item()
