@@ -101,7 +101,8 @@ def mapped(path: Path) -> np.ndarray:
 def read_cache(folder: Path) -> Prepared:
     """Opens one cache entry; the events and negatives are views of memory-mapped files."""
     meta = json.loads((folder / "meta.json").read_text())
-    events = pl.DataFrame({column: mapped(folder / f"events.{column}.npy") for column in EVENT_COLUMNS})
+    arrays = {column: mapped(folder / f"events.{column}.npy") for column in EVENT_COLUMNS}
+    events = pl.DataFrame(arrays)
     k = int(meta["num_negatives"])
     eval_rows = {}
     for code, name in EVAL_SPLITS.items():
@@ -116,4 +117,5 @@ def read_cache(folder: Path) -> Prepared:
         dropped={str(key): int(v) for key, v in meta["dropped"].items()},
         num_negatives=k,
         eval_rows=eval_rows,
+        mapped=arrays,
     )

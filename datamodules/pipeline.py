@@ -91,6 +91,7 @@ class Prepared:
     dropped: dict[str, int]
     num_negatives: int  # K per val/test event
     eval_rows: dict[int, np.ndarray | None] = field(default_factory=dict)  # VAL / TEST -> sampled rows of the split (None: all)
+    mapped: dict[str, np.ndarray] = field(default_factory=dict)  # event columns memory-mapped from the cache (read_cache)
 
     @property
     def num_users(self) -> int:

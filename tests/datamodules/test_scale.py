@@ -242,6 +242,11 @@ def test_the_cache_opens_memory_mapped_without_copying(make_dm, monkeypatch: pyt
     assert prepared.events["user"].to_numpy().ctypes.data == maps["events.user.npy"].ctypes.data
     batch = next(iter(dm.test_dataloader()))
     assert batch["candidates"].dtype == torch.int64
+    history = dm.tensors.train.history  # train states: gathered per batch from the mapped item column
+    assert isinstance(history, Histories) and history.sequence.data_ptr() == maps["events.item.npy"].ctypes.data
+    assert history.sequence.dtype == torch.uint8 and history.shape == (len(dm.tensors.train), dm.history_len)
+    train = next(iter(dm.train_dataloader()))
+    assert train["history"].dtype == torch.int64 and torch.equal(train["history"], history[train["index"]])
 
 
 # ------------------------------------------------------------------ make_log
