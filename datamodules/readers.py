@@ -22,6 +22,7 @@ from __future__ import annotations
 import codecs
 import io
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,7 +258,8 @@ def _join_by_display(
     rows = display.len()
     user, ts = np.empty(rows, dtype=np.uint32), np.empty(rows, dtype=np.int64)
     has_user, has_ts = np.empty(rows, dtype=bool), np.empty(rows, dtype=bool)
-    for start in range(0, rows, _JOIN_ROWS):
+
+    def join(start: int) -> None:
         part = slice(start, start + _JOIN_ROWS)
         slot = display.slice(start, _JOIN_ROWS).fill_null(low - 1).to_numpy() - low
         slot[(slot < 0) | (slot >= outside)] = outside
@@ -267,6 +269,9 @@ def _join_by_display(
         user[part], ts[part] = code_of[event], ts_of[event]
         has_user[part] = found if code_known is None else found & code_known[event]
         has_ts[part] = found if ts_known is None else found & ts_known[event]
+
+    with ThreadPoolExecutor(pl.thread_pool_size()) as pool:  # numpy lets go of the GIL: slices in parallel, as Polars' own steps
+        list(pool.map(join, range(0, rows, _JOIN_ROWS)))
     return _with_nulls(pl.Series("user", user), has_user), _with_nulls(pl.Series("ts", ts), has_ts)
 
 
@@ -294,9 +299,8 @@ def hex_codes(ids: pl.Series) -> tuple[pl.Series, pl.Series] | None:
     digits = int(width.max())
     if int(width.min()) != digits or digits > _HEX_WIDTH or not present.str.contains(f"^[0-9a-f]{{{digits}}}$").all():
         return None
-    values = present.str.to_integer(base=16)
-    order = values.arg_sort().to_numpy()
-    ordered = values.to_numpy()[order]
+    by_value = pl.DataFrame({"value": present.str.to_integer(base=16)}).with_row_index("order").sort("value")
+    order, ordered = by_value["order"].to_numpy(), by_value["value"].to_numpy()  # one parallel sort gives both
     starts = np.empty(ordered.size, dtype=bool)
     starts[0], starts[1:] = True, ordered[1:] != ordered[:-1]
     codes = np.empty(ordered.size, dtype=np.uint32)
