@@ -49,8 +49,11 @@ class EpochLineProgress(ProgressBar):
         if self._enabled and now - self._last_line >= self.every_s:
             self._last_line = now
             done, elapsed = self._batches, now - self._epoch_start
-            total = trainer.num_training_batches
-            eta = f", eta {(total - done) * elapsed / done:.0f} s" if done and total != float("inf") else ""
+            left, goal = trainer.num_training_batches - done, "epoch end"
+            if trainer.max_steps and trainer.max_steps > 0:  # a step budget that ends first is what the ETA is for
+                budget = (trainer.max_steps - trainer.global_step) * trainer.accumulate_grad_batches
+                left, goal = (budget, "max_steps") if budget < left else (left, goal)
+            eta = f", eta {left * elapsed / done:.0f} s to {goal}" if done and left != float("inf") else ""
             print(self._line(trainer, pl_module) + f"  ({elapsed:.1f} s, {done / elapsed:.2f} batch/s{eta})",
                   file=sys.stdout, flush=True)
 
