@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
 
 from datamodules import DataError
-from datamodules.pipeline import format_dropped
+from datamodules.pipeline import first_occurrences, format_dropped
 
 
 def _log(path: Path, rows: list[tuple]) -> str:
@@ -160,3 +161,11 @@ def test_statistics_match_tensors(make_dm) -> None:
     assert set(stats["dropped"]) >= {"null_user", "duplicate", "k_core"}
     counts = dm.prepared.events.group_by("user").agg(pl.col("split").max())
     assert counts["split"].min() == 2  # with >= 5 events every user has a test event
+
+
+def test_first_occurrences_marks_what_is_first_distinct_marks() -> None:
+    """The dedupe's sort-based first occurrence equals Polars' hash-based one (repeats far apart, adjacent, none)."""
+    rng = np.random.default_rng(3)
+    for keys in (rng.integers(0, 50, 1000), rng.integers(0, 10**12, 1000), np.repeat([5, 1, 5], 3), np.array([7]), np.zeros(0, dtype=np.int64)):
+        series = pl.Series(keys.astype(np.int64))
+        assert first_occurrences(series).to_list() == series.is_first_distinct().to_list()
