@@ -9,6 +9,7 @@ evaluated, when the frozen negatives need them.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,11 +64,14 @@ class LoggedPairs:
         wanted = np.zeros(user_index.size, dtype=bool)
         used = user_index >= 0
         wanted[used] = needed[user_index[used]]
-        parts = [np.zeros(0, dtype=np.int64)]
-        for start in range(0, self.user.size, ROWS_PER_CHUNK):
+
+        def slice_keys(start: int) -> np.ndarray:
             user = self.user[start : start + ROWS_PER_CHUNK]
             keep = wanted[user]
             pair_user, pair_item = user_index[user[keep]], item_index[self.item[start : start + ROWS_PER_CHUNK][keep]]
-            parts.append(pair_user[pair_item >= 0] * (num_items + 1) + pair_item[pair_item >= 0])
+            return pair_user[pair_item >= 0] * (num_items + 1) + pair_item[pair_item >= 0]
+
+        with ThreadPoolExecutor(pl.thread_pool_size()) as pool:  # numpy lets go of the GIL: slices in parallel
+            parts = [np.zeros(0, dtype=np.int64), *pool.map(slice_keys, range(0, self.user.size, ROWS_PER_CHUNK))]
         keys = pl.Series(np.concatenate(parts)).sort().to_numpy()  # Polars' parallel sort: 4x numpy's unique here
         return keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if keys.size else keys
