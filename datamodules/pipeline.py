@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -263,12 +264,21 @@ def _integer_codes(column: pl.Series) -> tuple[pl.Series, pl.Series]:
         return distinct.search_sorted(column).cast(pl.UInt32), distinct
     low = int(low)
     present = np.zeros(int(high) - low + 1, dtype=bool)
-    for start in range(0, column.len(), ROWS_PER_CHUNK):  # slices: no int64 copy of the whole column
-        present[column.slice(start, ROWS_PER_CHUNK).to_numpy() - low] = True
-    table = (np.cumsum(present, dtype=np.int64) - 1).astype(np.uint32)
+    starts = range(0, column.len(), ROWS_PER_CHUNK)  # slices: no int64 copy of the whole column
+
+    def mark(start: int) -> None:
+        present[column.slice(start, ROWS_PER_CHUNK).to_numpy() - low] = True  # every writer writes True
+
+    table = np.zeros(0, dtype=np.uint32)
     codes = np.empty(column.len(), dtype=np.uint32)
-    for start in range(0, codes.size, ROWS_PER_CHUNK):
+
+    def code(start: int) -> None:
         codes[start : start + ROWS_PER_CHUNK] = table[column.slice(start, ROWS_PER_CHUNK).to_numpy() - low]
+
+    with ThreadPoolExecutor(pl.thread_pool_size()) as pool:  # numpy lets go of the GIL: slices in parallel
+        list(pool.map(mark, starts))
+        table = (np.cumsum(present, dtype=np.int64) - 1).astype(np.uint32)
+        list(pool.map(code, starts))
     distinct = pl.Series(column.name, np.flatnonzero(present) + low).cast(column.dtype)
     return pl.Series(column.name, codes), distinct
 
