@@ -207,13 +207,16 @@ def _outbrain_events(clicks_file: Path, events_file: Path) -> pl.DataFrame:
     for file, dtypes in ((clicks_file, OUTBRAIN_CLICKS_DTYPES), (events_file, OUTBRAIN_EVENTS_DTYPES)):
         _require_columns(_csv_header(file, ","), list(dtypes), file)
     uuid = pl.col("uuid").str.strip_chars()
-    return (
+    events = (
         _scan_typed(events_file, OUTBRAIN_EVENTS_DTYPES)
-        .unique("display_id", keep="first", maintain_order=True)
         .select("display_id", pl.when(uuid.str.len_bytes() > 0).then(uuid).alias("uuid"),  # as the text path's ids
                 (pl.col("timestamp") + OUTBRAIN_EPOCH_MS).alias("ts"))
         .collect(engine="streaming")
     )
+    display = events["display_id"]
+    if display.null_count() == 0 and bool((display.diff().drop_nulls() > 0).all()):
+        return events  # strictly increasing display ids (Kaggle's file): already one row per display
+    return events.unique("display_id", keep="first", maintain_order=True)
 
 
 _DENSE_DISPLAYS = 4  # display ids spanning at most this many slots per events.csv row: joined through a lookup array
