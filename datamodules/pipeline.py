@@ -148,15 +148,19 @@ def _prepare(config: PipelineConfig) -> Prepared:
     raw, coded_users = read_canonical(config)
     raw = drop_nulls(raw, dropped)
     raw, user_ids, item_ids = encode_ids(raw, coded_users)
-    # exact duplicates: counted, not removed (the dedupe keeps their original), in the log and among its positives
+    # exact duplicates: counted, not removed (the dedupe keeps their original), in the log and among its positives;
+    # only counts depend on them, so they are counted on a second thread while the positives are de-duplicated
     rated = "rating" in raw.columns
-    copies, positive_copies = count_copies(raw, pl.col("rating") >= config.threshold if rated else pl.lit(True))
-    logged = LoggedPairs.of(raw)  # every logged pair: frozen negatives avoid them all
-    events = select_positives(raw, config.threshold, dropped).drop("rating", strict=False)
-    del raw  # the whole log: freed before the steps on positives (at 100M rows it is most of the memory)
+    with ThreadPoolExecutor(1) as background:
+        counting = background.submit(count_copies, raw, pl.col("rating") >= config.threshold if rated else pl.lit(True))
+        logged = LoggedPairs.of(raw)  # every logged pair: frozen negatives avoid them all
+        events = select_positives(raw, config.threshold, dropped).drop("rating", strict=False)
+        del raw  # the whole log: freed once counted (at 100M rows it is most of the memory)
+        events = dedupe(events, dropped)
+        copies, positive_copies = counting.result()
     dropped["exact_duplicate"] += copies
     dropped["below_threshold"] -= copies - positive_copies  # a copy below the threshold counts as a copy only
-    events = dedupe(events, dropped, copies=positive_copies)
+    dropped["duplicate"] -= positive_copies  # the dedupe removed them too: copies, not repeats
     events = k_core(events, config.min_user_interactions, config.min_item_interactions, dropped)
     if events.height == 0:
         raise DataError.at(
@@ -464,14 +468,16 @@ def frozen_negatives(
     counts = torch.bincount(keys // (num_items + 1), minlength=num_users)
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
     items = keys % (num_items + 1)
-    negatives = {}
-    for code in (VAL, TEST):
+
+    def draw(code: int) -> torch.Tensor:
         users = torch.from_numpy(chosen[code])
         _check_enough_unseen(users, counts, num_items, k, user_ids, config)
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + code)
         sampler = sample_unseen if (eval_rows or {}).get(code) is None else sample_unseen_sparse  # a sample: large log
-        negatives[code] = sampler(users, offsets, items, num_items, k, generator)
-    return negatives
+        return sampler(users, offsets, items, num_items, k, generator)
+
+    with ThreadPoolExecutor(2) as pool:  # one generator per split: the two draw at once, each as it would alone
+        return dict(zip((VAL, TEST), pool.map(draw, (VAL, TEST))))
 
 
 def _check_enough_unseen(
