@@ -14,7 +14,9 @@ The Outbrain pair (clicks_train.csv + events.csv, the 100M-row case) takes a typ
 (`scan_outbrain_pair`): integer ids and timestamps, the user strings made an Enum on the small
 events table, the join run in Polars' streaming engine; its `item` is Int64 and its `user` an Enum
 (both stand for the same strings as the text path's). If that typed read fails, the text path
-runs and reports the bad value with its line.
+runs and reports the bad value with its line. The pipeline reads through `read_source_coded`: a pair of
+Kaggle's shape (hex uuids, near-dense display ids) is then read by `outbrain_pair_by_arrays`, users coded
+by one integer sort and joined through a lookup array (half the time of the lazy join at 100M rows).
 """
 
 from __future__ import annotations
