@@ -9,13 +9,13 @@ evaluated, when the frozen negatives need them.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
-ROWS_PER_CHUNK = 1 << 22  # rows per vectorised step over the whole log (~100 MB of temporaries)
+from datamodules.arrays import ROWS_PER_SLICE, on_slices, run_starts
+
 _SEED = 18
 
 
@@ -66,12 +66,11 @@ class LoggedPairs:
         wanted[used] = needed[user_index[used]]
 
         def slice_keys(start: int) -> np.ndarray:
-            user = self.user[start : start + ROWS_PER_CHUNK]
+            user = self.user[start : start + ROWS_PER_SLICE]
             keep = wanted[user]
-            pair_user, pair_item = user_index[user[keep]], item_index[self.item[start : start + ROWS_PER_CHUNK][keep]]
+            pair_user, pair_item = user_index[user[keep]], item_index[self.item[start : start + ROWS_PER_SLICE][keep]]
             return pair_user[pair_item >= 0] * (num_items + 1) + pair_item[pair_item >= 0]
 
-        with ThreadPoolExecutor(pl.thread_pool_size()) as pool:  # numpy lets go of the GIL: slices in parallel
-            parts = [np.zeros(0, dtype=np.int64), *pool.map(slice_keys, range(0, self.user.size, ROWS_PER_CHUNK))]
+        parts = [np.zeros(0, dtype=np.int64), *on_slices(slice_keys, self.user.size)]
         keys = pl.Series(np.concatenate(parts)).sort().to_numpy()  # Polars' parallel sort: 4x numpy's unique here
-        return keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if keys.size else keys
+        return keys[run_starts(keys)]
