@@ -24,7 +24,6 @@ from __future__ import annotations
 import codecs
 import io
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from datamodules.arrays import ROWS_PER_SLICE, on_slices, run_starts, sorted_with_positions
 from datamodules.errors import DataError
 
 FORMATS = ("synthetic", "movielens", "outbrain", "csv", "parquet")
@@ -127,8 +127,8 @@ def hex_strings(values: np.ndarray, width: int) -> pl.Series:
     (gathering 14M strings took 5 s at 100M rows; this takes 1)."""
     shifts = 4 * np.arange(width - 1, -1, -1, dtype=np.int64)
     chars = np.empty((values.size, width), dtype=np.uint8)
-    for start in range(0, values.size, _JOIN_ROWS // 16):
-        part = values[start : start + _JOIN_ROWS // 16].astype(np.int64)
+    for start in range(0, values.size, ROWS_PER_SLICE // 16):  # (slice, width) int64 temporaries: ~30 MB
+        part = values[start : start + ROWS_PER_SLICE // 16].astype(np.int64)
         chars[start : start + part.size] = _HEX_DIGITS[(part[:, None] >> shifts) & 15]
     offsets = np.arange(0, (values.size + 1) * width, width, dtype=np.int64)
     strings = pa.LargeStringArray.from_buffers(values.size, pa.py_buffer(offsets), pa.py_buffer(chars.reshape(-1)))
@@ -154,14 +154,7 @@ def read_source_coded(source: Source) -> tuple[pl.DataFrame, pl.Series | None]:
     `user` as UInt32 codes and the id of each code."""
     files = source_files(source)
     if source.format == "outbrain" and len(files) == 2:
-        try:
-            coded = outbrain_pair_by_arrays(*files)
-        except DataError:
-            raise
-        except Exception:  # noqa: BLE001 - a value the typed reader rejects: the paths below report it
-            coded = None
-        if coded is not None and coded[0].height:
-            return coded
+        return _read_outbrain_pair(*files, code_users=True)
     return read_source(source), None
 
 
@@ -179,7 +172,7 @@ def read_outbrain(path: str | Path) -> pl.DataFrame:
     """Reads Outbrain clicks: a folder with clicks_train.csv + events.csv, or one pre-joined CSV."""
     files = _outbrain_files(Path(path))
     if len(files) == 2:
-        return _read_outbrain_pair(*files)
+        return _read_outbrain_pair(*files, code_users=False)[0]
     file = files[0]
     header = _csv_header(file, ",")
     time_col = next((c for c in header if c.startswith("timestamp")), None)
@@ -193,9 +186,11 @@ OUTBRAIN_CLICKS_DTYPES = {"display_id": pl.Int64, "ad_id": pl.Int64, "clicked": 
 OUTBRAIN_EVENTS_DTYPES = {"display_id": pl.Int64, "uuid": pl.String, "timestamp": pl.Int64}
 
 
-def scan_outbrain_pair(clicks_file: Path, events_file: Path) -> pl.LazyFrame:
-    """The typed, lazy join of clicks_train.csv and events.csv: user (Enum), item (Int64), ts, rating (Int8), row."""
-    events = _outbrain_events(clicks_file, events_file)
+def scan_outbrain_pair(clicks_file: Path, events_file: Path, events: pl.DataFrame | None = None) -> pl.LazyFrame:
+    """The typed, lazy join of clicks_train.csv and events.csv: user (Enum), item (Int64), ts, rating (Int8), row.
+
+    `events`: events.csv as `_outbrain_events` read it, when the caller has it already."""
+    events = _outbrain_events(clicks_file, events_file) if events is None else events
     users = pl.Enum(events["uuid"].drop_nulls().unique(maintain_order=True))
     events = events.select("display_id", pl.col("uuid").cast(users).alias("user"), "ts")
     clicks = _scan_typed(clicks_file, OUTBRAIN_CLICKS_DTYPES, row_index="row")
@@ -224,7 +219,9 @@ def _outbrain_events(clicks_file: Path, events_file: Path) -> pl.DataFrame:
 _DENSE_DISPLAYS = 4  # display ids spanning at most this many slots per events.csv row: joined through a lookup array
 
 
-def outbrain_pair_by_arrays(clicks_file: Path, events_file: Path) -> tuple[pl.DataFrame, pl.Series] | None:
+def outbrain_pair_by_arrays(
+    clicks_file: Path, events_file: Path, events: pl.DataFrame | None = None
+) -> tuple[pl.DataFrame, pl.Series] | None:
     """The Outbrain pair with its users already coded, for logs of Kaggle's shape (None otherwise).
 
     Kaggle's uuids are hex strings of one width and its display ids nearly dense integers. Then each
@@ -232,9 +229,10 @@ def outbrain_pair_by_arrays(clicks_file: Path, events_file: Path) -> tuple[pl.Da
     so codes come in the order `pipeline.id_index` sorts ids), found by one sort of 64-bit integers
     instead of a hash of every string, and the join is a lookup array from display id to events.csv's
     row. Returns the canonical frame with `user` as UInt32 codes (null: no user) and the uuid of each
-    code: the rows and values of `scan_outbrain_pair` (whose Enum stands for the same strings).
+    code: the rows and values of `scan_outbrain_pair` (whose Enum stands for the same strings). `events`:
+    events.csv as `_outbrain_events` read it, when the caller has it already.
     """
-    events = _outbrain_events(clicks_file, events_file)
+    events = _outbrain_events(clicks_file, events_file) if events is None else events
     coded = hex_codes(events["uuid"])
     display = events["display_id"]
     if coded is None or display.null_count() or display.len() == 0:
@@ -255,7 +253,7 @@ def _join_by_display(
     display: pl.Series, low: int, row_of: np.ndarray, codes: pl.Series, stamps: pl.Series
 ) -> tuple[pl.Series, pl.Series]:
     """Each click's user code and ts through `row_of[display - low]` (the events row; -1 none), in slices of
-    `_JOIN_ROWS` (no whole-log temporaries); null where the display or the value is missing."""
+    `ROWS_PER_SLICE` on Polars' thread count (no whole-log temporaries); null where the display or the value is missing."""
     outside = row_of.size - 1
     code_of, ts_of = codes.fill_null(0).to_numpy(), stamps.fill_null(0).to_numpy()
     code_known = codes.is_not_null().to_numpy() if codes.null_count() else None
@@ -265,8 +263,8 @@ def _join_by_display(
     has_user, has_ts = np.empty(rows, dtype=bool), np.empty(rows, dtype=bool)
 
     def join(start: int) -> None:
-        part = slice(start, start + _JOIN_ROWS)
-        slot = display.slice(start, _JOIN_ROWS).fill_null(low - 1).to_numpy() - low
+        part = slice(start, start + ROWS_PER_SLICE)
+        slot = display.slice(start, ROWS_PER_SLICE).fill_null(low - 1).to_numpy() - low
         slot[(slot < 0) | (slot >= outside)] = outside
         event = row_of[slot]
         found = event >= 0
@@ -275,12 +273,8 @@ def _join_by_display(
         has_user[part] = found if code_known is None else found & code_known[event]
         has_ts[part] = found if ts_known is None else found & ts_known[event]
 
-    with ThreadPoolExecutor(pl.thread_pool_size()) as pool:  # numpy lets go of the GIL: slices in parallel, as Polars' own steps
-        list(pool.map(join, range(0, rows, _JOIN_ROWS)))
+    on_slices(join, rows)
     return _with_nulls(pl.Series("user", user), has_user), _with_nulls(pl.Series("ts", ts), has_ts)
-
-
-_JOIN_ROWS = 1 << 22
 
 
 def _with_nulls(values: pl.Series, known: np.ndarray) -> pl.Series:
@@ -304,10 +298,8 @@ def hex_codes(ids: pl.Series) -> tuple[pl.Series, pl.Series] | None:
     digits = int(width.max())
     if int(width.min()) != digits or digits > _HEX_WIDTH or not present.str.contains(f"^[0-9a-f]{{{digits}}}$").all():
         return None
-    by_value = pl.DataFrame({"value": present.str.to_integer(base=16)}).with_row_index("order").sort("value")
-    order, ordered = by_value["order"].to_numpy(), by_value["value"].to_numpy()  # one parallel sort gives both
-    starts = np.empty(ordered.size, dtype=bool)
-    starts[0], starts[1:] = True, ordered[1:] != ordered[:-1]
+    ordered, order = sorted_with_positions(present.str.to_integer(base=16))
+    starts = run_starts(ordered)
     codes = np.empty(ordered.size, dtype=np.uint32)
     codes[order] = np.cumsum(starts, dtype=np.int64) - 1
     distinct = hex_strings(ordered[starts], digits).rename("id")
@@ -326,17 +318,21 @@ def _scan_typed(file: Path, dtypes: dict[str, pl.DataType], row_index: str | Non
     return scan.select(*([row_index] if row_index else []), *dtypes)
 
 
-def _read_outbrain_pair(clicks_file: Path, events_file: Path) -> pl.DataFrame:
-    """The typed streaming join (`scan_outbrain_pair`); if it cannot parse a value, the text path names it."""
+def _read_outbrain_pair(clicks_file: Path, events_file: Path, code_users: bool) -> tuple[pl.DataFrame, pl.Series | None]:
+    """The typed read, events.csv read once: the array join when `code_users` and the pair fits it (users as codes,
+    and their ids), else the lazy join (`scan_outbrain_pair`); if a typed read cannot parse a value, the text path
+    names it."""
     try:
-        frame = scan_outbrain_pair(clicks_file, events_file).collect(engine="streaming")
+        events = _outbrain_events(clicks_file, events_file)
+        coded = outbrain_pair_by_arrays(clicks_file, events_file, events) if code_users else None
+        frame, ids = coded or (scan_outbrain_pair(clicks_file, events_file, events).collect(engine="streaming"), None)
     except DataError:
         raise
     except Exception:  # noqa: BLE001 - a value the typed reader rejects: the text path reports or accepts it
-        return _read_outbrain_pair_text(clicks_file, events_file)
+        return _read_outbrain_pair_text(clicks_file, events_file), None
     if frame.height == 0:
         raise DataError.at(clicks_file, "rows", "at least one data row after the header", "none (header only)")
-    return frame
+    return frame, ids
 
 
 def _read_outbrain_pair_text(clicks_file: Path, events_file: Path) -> pl.DataFrame:
